@@ -1,0 +1,5 @@
+import sys
+
+from fedmpi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""The MPI layer: roles, node-local placement, the two per-round collectives, aborts.
+
+Nothing here knows about learning. Waiting uses non-blocking collectives
+polled with a growing sleep, because MPICH's blocking calls spin a core at
+100 % and, with more ranks than cores, idle ranks would steal CPU from the
+ranks that train (DESIGN.md property 6).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+MAX_SLEEP = 1e-3  # seconds; bounds the latency a sleeping waiter adds
+
+
+class Comm:
+    """COMM_WORLD seen as one server (rank 0) and workers (ranks 1..P-1, or rank 0 alone when P = 1)."""
+
+    def __init__(self, world=None):
+        self.world = world or MPI.COMM_WORLD
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = node.Get_rank()
+        self.local_size = node.Get_size()
+        # Worker ranks on this node: rank 0 only coordinates when P > 1.
+        self.local_workers = node.allreduce(int(self.is_worker), op=MPI.SUM)
+        node.Free()
+
+    @property
+    def is_server(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_worker(self) -> bool:
+        return self.rank > 0 or self.size == 1
+
+    @property
+    def num_workers(self) -> int:
+        return max(self.size - 1, 1)
+
+    @property
+    def worker_index(self) -> int:
+        """0..num_workers-1 for workers."""
+        return max(self.rank - 1, 0)
+
+    def bcast(self, array: np.ndarray) -> float:
+        """Broadcast rank 0's array into every rank's array; returns seconds spent."""
+        return self._wait(self.world.Ibcast(array, root=0))
+
+    def reduce_sum(self, array: np.ndarray) -> float:
+        """Sum every rank's array into rank 0's, in place; returns seconds spent."""
+        send = MPI.IN_PLACE if self.is_server else array
+        return self._wait(self.world.Ireduce(send, array if self.is_server else None, op=MPI.SUM, root=0))
+
+    def first_failing_rank(self, failed: bool) -> int | None:
+        """Agree on the lowest rank that failed (None if none did), so one rank reports a setup error."""
+        first = self.world.allreduce(self.rank if failed else self.size, op=MPI.MIN)
+        return None if first == self.size else first
+
+    @staticmethod
+    def _wait(request) -> float:
+        start = time.perf_counter()
+        delay = 1e-5
+        while not request.Test():
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_SLEEP)
+        return time.perf_counter() - start
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job now; flushes this rank's output first."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size == 1:
+            os._exit(code)
+        self.world.Abort(code)
+
+
+def threads_per_rank(comm: Comm, requested: int) -> int:
+    """Torch threads for this rank.
+
+    The request if given, else OMP_NUM_THREADS, else the cores this rank is
+    bound to when a launcher (srun --cpus-per-task) pinned it, else the node's
+    cores divided by its worker ranks.
+    """
+    if requested:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(int(os.environ["OMP_NUM_THREADS"]), 1)
+    cores = os.cpu_count() or 1
+    bound = len(os.sched_getaffinity(0))
+    if bound < cores:
+        return bound
+    return max(cores // max(comm.local_workers, 1), 1)

@@ -1,0 +1,136 @@
+"""Run configuration: one dataclass, filled from a TOML file and CLI flags.
+
+Precedence: defaults < TOML file (`--config`) < command-line flags. Every
+check names the field it rejects, so a typo in a 500-job sweep is caught
+before any rank touches data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tomli_w
+
+from fedmpi.errors import FedMPIError
+
+MODELS = ("2nn", "cnn")
+BAD_UPDATE_POLICIES = ("abort", "skip")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Names follow the paper (C, E, B, η, T)."""
+
+    data: str = ""              # federation folder written by data_prep
+    model: str = "2nn"          # 2nn | cnn
+    fraction: float = 0.1       # C: share of clients per round; 0 = exactly one
+    epochs: int = 1             # E: local epochs
+    batch_size: int = 10        # B: local minibatch; 0 = the whole local set (B = ∞)
+    lr: float = 0.1             # η: client SGD learning rate
+    rounds: int = 50            # T: communication rounds
+    seed: int = 0               # seeds model init, sampling and client shuffling
+    out: str = "runs/fedavg"    # run folder
+    eval_every: int = 1         # evaluate the global model every N rounds (and the last)
+    checkpoint_every: int = 10  # write checkpoint.h5 every N rounds (and the last); 0 = only at the end
+    on_bad_update: str = "abort"  # abort | skip: what a non-finite client update does
+    device: str = "auto"        # auto | cpu | cuda | cuda:N
+    threads: int = 0            # torch threads per rank; 0 = cores / worker ranks on the node
+
+    def clients_per_round(self, num_clients: int) -> int:
+        """m = max(round(C·K), 1), the paper's number of clients per round."""
+        return max(int(round(self.fraction * num_clients)), 1)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(dataclasses.asdict(self))
+
+
+FIELD_NAMES = [f.name for f in fields(RunConfig)]
+# Fields that do not change the computed result; a resumed run may differ in them.
+NON_SEMANTIC = {"out", "eval_every", "checkpoint_every", "device", "threads", "rounds"}
+
+
+def _parse_batch_size(value):
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "∞", "full"):
+        return 0
+    return value
+
+
+def _coerce(name: str, value, kind: type):
+    if name == "batch_size":
+        value = _parse_batch_size(value)
+    try:
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise FedMPIError(f"config field '{name}': expected {kind.__name__}, got {value!r}") from None
+
+
+def build_config(toml_path: str | None, overrides: dict) -> RunConfig:
+    """Defaults, then the TOML file, then the non-None CLI overrides; then validate."""
+    values: dict = {}
+    if toml_path:
+        values.update(read_toml(toml_path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    kinds = {f.name: type(getattr(RunConfig(), f.name)) for f in fields(RunConfig)}
+    cfg = RunConfig(**{k: _coerce(k, v, kinds[k]) for k, v in values.items()})
+    validate(cfg)
+    return cfg
+
+
+def read_toml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FedMPIError(f"config file {path}: not found")
+    try:
+        values = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise FedMPIError(f"config file {path}: TOML syntax error: {e}") from None
+    for key in values:
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise FedMPIError(f"config file {path}: unknown key '{key}'{hint}")
+    return values
+
+
+def validate(cfg: RunConfig) -> None:
+    def bad(field, why):
+        raise FedMPIError(f"config field '{field}': {why}")
+
+    if not cfg.data:
+        bad("data", "no federation folder given (--data DIR, made by python -m data_prep)")
+    if cfg.model not in MODELS:
+        close = difflib.get_close_matches(cfg.model, MODELS, n=1)
+        bad("model", f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}"
+            + (f" (did you mean '{close[0]}'?)" if close else ""))
+    if not (math.isfinite(cfg.fraction) and 0.0 <= cfg.fraction <= 1.0):
+        bad("fraction", f"C must lie in [0, 1] (0 = one client per round), got {cfg.fraction}")
+    if cfg.epochs < 1:
+        bad("epochs", f"E must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 0:
+        bad("batch_size", f"B must be a positive size, or 0 / 'inf' for the whole local set, got {cfg.batch_size}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        bad("lr", f"the learning rate must be a finite number > 0, got {cfg.lr}")
+    if cfg.rounds < 0:
+        bad("rounds", f"must be >= 0, got {cfg.rounds}")
+    if cfg.eval_every < 1:
+        bad("eval_every", f"must be >= 1, got {cfg.eval_every}")
+    if cfg.checkpoint_every < 0:
+        bad("checkpoint_every", f"must be >= 0, got {cfg.checkpoint_every}")
+    if cfg.on_bad_update not in BAD_UPDATE_POLICIES:
+        bad("on_bad_update", f"choose one of {', '.join(BAD_UPDATE_POLICIES)}, got '{cfg.on_bad_update}'")
+    if cfg.threads < 0:
+        bad("threads", f"must be >= 0 (0 = automatic), got {cfg.threads}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        bad("device", f"choose auto, cpu, cuda or cuda:N, got '{cfg.device}'")

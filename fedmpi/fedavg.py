@@ -1,0 +1,124 @@
+"""FedAvg's math, with no MPI in it: who trains, how a client trains, how updates combine.
+
+Randomness contract (what makes results independent of the rank count and
+lets a resumed run continue bit for bit): the clients of round t are drawn
+from SeedSequence([0, seed, t]); client k's shuffling in round t from
+SeedSequence([1, seed, t, k]). Nothing else is random after model init.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLING, CLIENT = 0, 1
+
+
+def plan_round(seed: int, round_: int, num_clients: int, clients_per_round: int) -> np.ndarray:
+    """The sorted ids of the m clients sampled, uniformly without replacement, for round t."""
+    rng = np.random.default_rng(np.random.SeedSequence([SAMPLING, seed, round_]))
+    return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
+
+
+def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
+    """The torch generator that shuffles client k's data in round t."""
+    state = np.random.SeedSequence([CLIENT, seed, round_, client]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class FlatModel:
+    """A model whose parameters and gradients are views into two flat float32 buffers.
+
+    The broadcast writes straight into `weights`, plain SGD is one fused op on
+    the flat buffers, and a client's update is `weights - w_t` with no copies.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        if any(b.is_floating_point() for b in model.buffers()):
+            raise NotImplementedError("models with float buffers (e.g. BatchNorm) are not supported yet")
+        self.model = model.to(device)
+        params = list(self.model.parameters())
+        self.weights = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grads = torch.zeros_like(self.weights)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = self.weights[offset:offset + n].view_as(p)
+            p.grad = self.grads[offset:offset + n].view_as(p)
+            offset += n
+        self.dim = offset
+
+    def sgd_step(self, lr: float) -> None:
+        self.weights.add_(self.grads, alpha=-lr)
+        self.grads.zero_()
+
+
+class Normalizer:
+    """uint8 pixels → (x/255 − mean)/std as one multiply-add on the device."""
+
+    def __init__(self, mean, std, device):
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -mean / std
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x_uint8.float(), self.scale)
+
+
+def local_update(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int,
+                 lr: float, generator: torch.Generator, normalize: Normalizer) -> float:
+    """E epochs of minibatch SGD (B = 0: the whole set) from the current weights; mean batch loss."""
+    n = len(y)
+    b = n if batch_size == 0 else batch_size
+    total = torch.zeros((), device=x.device)
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for i in range(0, n, b):
+            idx = order[i:i + b]
+            loss = F.cross_entropy(flat.model(normalize(x[idx])), y[idx])
+            loss.backward()
+            flat.sgd_step(lr)
+            total += loss.detach()
+            steps += 1
+    return float(total) / steps
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalizer, batch: int = 2000):
+    """(number correct, summed cross-entropy) of the model on (x, y)."""
+    correct, loss = 0.0, 0.0
+    for i in range(0, len(y), batch):
+        logits = model(normalize(x[i:i + batch]))
+        loss += float(F.cross_entropy(logits, y[i:i + batch], reduction="sum"))
+        correct += float((logits.argmax(1) == y[i:i + batch]).sum())
+    return correct, loss
+
+
+class RoundSums:
+    """The one buffer each round reduces, in float64 so that sums do not depend on P.
+
+    Layout: [Σ n_k·Δ_k (dim values) | scalars | one 'bad update' flag per sampled client].
+    The evaluation scalars describe the weights that were broadcast this round.
+    """
+
+    SCALARS = ("n", "n_loss", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds")
+
+    def __init__(self, dim: int, clients_per_round: int):
+        self.dim = dim
+        self.buffer = np.zeros(dim + len(self.SCALARS) + clients_per_round, dtype=np.float64)
+        self.delta = torch.from_numpy(self.buffer[:dim])
+        self.bad = self.buffer[dim + len(self.SCALARS):]
+
+    def __getitem__(self, name: str) -> float:
+        return float(self.buffer[self.dim + self.SCALARS.index(name)])
+
+    def add(self, name: str, value: float) -> None:
+        self.buffer[self.dim + self.SCALARS.index(name)] += value
+
+
+def fedavg_update(weights: np.ndarray, sums: RoundSums) -> None:
+    """w_{t+1} = w_t + Σ n_k Δ_k / Σ n_k, computed in float64, stored in place as float32."""
+    weights[:] = weights + sums.buffer[:sums.dim] / sums["n"]

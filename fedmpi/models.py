@@ -1,0 +1,44 @@
+"""The paper's models, built for a federation's image shape and class count.
+
+Parameter counts for MNIST (1x28x28, 10 classes) match McMahan et al. 2017:
+2NN 199,210 and CNN 1,663,370 ('same' padding).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def two_nn(image_shape, num_classes: int) -> nn.Module:
+    """MLP with two hidden layers of 200 units and ReLU (the paper's 2NN)."""
+    d = math.prod(image_shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                         nn.Linear(200, num_classes))
+
+
+def cnn(image_shape, num_classes: int) -> nn.Module:
+    """Two 5x5 conv layers (32, 64 channels) with 2x2 max pooling, FC 512, softmax output."""
+    c, h, w = image_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 512), nn.ReLU(), nn.Linear(512, num_classes))
+
+
+REGISTRY = {"2nn": two_nn, "cnn": cnn}
+
+
+def build_model(name: str, image_shape, num_classes: int, seed: int) -> nn.Module:
+    """Build a model whose initial weights are a function of `seed` alone.
+
+    Contract (used by tests and by resume): w_0 is what torch's default
+    initialisation draws right after `torch.manual_seed(seed)`.
+    """
+    torch.manual_seed(seed)
+    return REGISTRY[name](tuple(image_shape), num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

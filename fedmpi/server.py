@@ -1,0 +1,70 @@
+"""The server's side of a round: apply the reduced sums, log the round, keep the outputs.
+
+Evaluation rides in the same reduction as training: the sums of step t hold
+the test results of w_t (the weights just broadcast) and the updates that
+make w_{t+1}. So round t's line is written at step t, when its accuracy is known.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmpi.config import RunConfig
+from fedmpi.errors import FedMPIError
+from fedmpi.fedavg import RoundSums, fedavg_update
+from fedmpi.metrics import MetricsLog, write_json
+
+
+class Server:
+    def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, num_ranks: int):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.weights = weights
+        self.num_ranks = num_ranks
+        self.log = MetricsLog(run_dir, cfg.rounds)
+        self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+
+    def end_step(self, step: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> None:
+        record = self.pending or {"round": step}
+        if sums["test_count"]:
+            record["test_accuracy"] = sums["correct"] / sums["test_count"]
+            record["test_loss"] = sums["test_loss"] / sums["test_count"]
+        self.log.write(record)
+        self.history.append(record)
+        self.pending = None
+        if step < self.cfg.rounds:
+            self.pending = self._apply(step + 1, sampled, sums, timing)
+
+    def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict:
+        skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
+        if sums["n"] == 0:
+            raise FedMPIError(f"round {round_}: every sampled client sent a non-finite update; lower lr")
+        fedavg_update(self.weights, sums)
+        record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
+                  "seconds": timing["seconds"], "time": timing}
+        if skipped:
+            record["skipped_clients"] = skipped
+        return record
+
+    def finish(self, model: torch.nn.Module) -> None:
+        """Write the final model and summary.json."""
+        self.log.close()
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                   self.run_dir / "model.pt")
+        evaluated = [r for r in self.history if "test_accuracy" in r]
+        final = evaluated[-1] if evaluated else {}
+        best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else {}
+        write_json(self.run_dir / "summary.json", {
+            "rounds": self.cfg.rounds,
+            "final_test_accuracy": final.get("test_accuracy"),
+            "best_test_accuracy": best.get("test_accuracy"),
+            "best_round": best.get("round"),
+            "ranks": self.num_ranks,
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            "model": str(self.run_dir / "model.pt"),
+        })
