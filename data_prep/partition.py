@@ -1,0 +1,77 @@
+"""How the training indices are split among K clients (McMahan et al. 2017, section 3).
+
+Pure numpy: each function takes the generator it draws from and returns K
+int64 index arrays that together hold every index exactly once. The order of
+draws is part of the format (docs/federation-format.md), so the same seed gives
+the same federation everywhere.
+"""
+
+import numpy as np
+
+from fedmpi.errors import FedMPIError
+
+
+def _check_clients(n: int, num_clients: int) -> None:
+    if num_clients < 1:
+        raise FedMPIError(f"--clients {num_clients}: need at least 1 client")
+    if num_clients > n:
+        raise FedMPIError(f"--clients {num_clients}: more clients than the {n} training examples")
+
+
+def iid(n: int, num_clients: int, rng: np.random.Generator, unbalance: float = 0.0) -> list[np.ndarray]:
+    """A random permutation cut into K parts: equal (sizes differ by at most 1 when K does not
+    divide n), or with `unbalance` S > 0, sizes proportional to lognormal(0, S) draws, each >= 1."""
+    _check_clients(n, num_clients)
+    if unbalance < 0:
+        raise FedMPIError(f"--unbalance {unbalance}: must be >= 0")
+    perm = rng.permutation(n)
+    if unbalance == 0:
+        return np.array_split(perm, num_clients)
+    sizes = _sizes_from_weights(rng.lognormal(0.0, unbalance, num_clients), n)
+    return np.split(perm, np.cumsum(sizes)[:-1])
+
+
+def _sizes_from_weights(weights: np.ndarray, n: int) -> np.ndarray:
+    """Integer sizes >= 1 summing to n, proportional to `weights` (largest remainder rounding)."""
+    quota = (n - len(weights)) * weights / weights.sum()
+    sizes = np.floor(quota).astype(np.int64)
+    short = n - len(weights) - sizes.sum()
+    sizes[np.argsort(sizes - quota, kind="stable")[:short]] += 1
+    return sizes + 1
+
+
+def shards(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The paper's pathological non-IID split: sort by label, cut 2K equal shards, two per client."""
+    n = len(labels)
+    _check_clients(n, num_clients)
+    if n % (2 * num_clients):
+        raise FedMPIError(
+            f"--partition shards: {n} examples do not split into 2 x {num_clients} equal shards; "
+            f"choose --clients so that 2K divides {n}"
+        )
+    pieces = np.argsort(labels, kind="stable").reshape(2 * num_clients, -1)
+    perm = rng.permutation(2 * num_clients)
+    return [np.concatenate([pieces[perm[2 * k]], pieces[perm[2 * k + 1]]]) for k in range(num_clients)]
+
+
+def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label skew: each class, in increasing label order, is permuted and then split among the
+    K clients with proportions drawn from Dirichlet(alpha * 1_K)."""
+    _check_clients(len(labels), num_clients)
+    if not alpha > 0:
+        raise FedMPIError(f"--alpha {alpha}: must be > 0")
+    parts = [[] for _ in range(num_clients)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        p = rng.dirichlet(np.full(num_clients, alpha))
+        cuts = (np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
+        for part, piece in zip(parts, np.split(idx, cuts)):
+            part.append(piece)
+    clients = [np.concatenate(part) for part in parts]
+    empty = [k for k, c in enumerate(clients) if len(c) == 0]
+    if empty:
+        raise FedMPIError(
+            f"--partition dirichlet --alpha {alpha}: {len(empty)} client(s) got no examples "
+            f"(first: client {empty[0]}); raise --alpha or lower --clients"
+        )
+    return clients

@@ -1,0 +1,157 @@
+"""Writes a federation folder exactly as docs/federation-format.md describes it.
+
+The folder is built next to the target under a hidden name and renamed into
+place only when complete, so a reader never sees half a federation, and a
+crash leaves the previous one intact.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_prep.sources import NUM_CLASSES, Dataset
+from fedmpi.errors import FedMPIError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TEST_FILE = "test.h5"
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an existing `out`, or with `overwrite`, anything but an old federation or an empty folder
+    (so that a mistyped --out cannot delete unrelated files)."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FedMPIError(f"--out {out}: already exists; pass --overwrite to replace it")
+    replaceable = out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))
+    if not replaceable:
+        raise FedMPIError(f"--out {out}: exists and is not a federation folder; not replacing it")
+
+
+def write_federation(
+    out: Path,
+    data: Dataset,
+    parts: list[np.ndarray],
+    *,
+    dataset: str,
+    partition: dict,
+    seed: int,
+    command: str,
+    clients_per_file: int = 1,
+    overwrite: bool = False,
+) -> None:
+    """Write test.h5, the client files and manifest.json into `out`.
+
+    `parts[k]` are the training indices of client k; `partition` is the manifest's
+    `partition` entry.
+    """
+    if clients_per_file < 1:
+        raise FedMPIError(f"--clients-per-file {clients_per_file}: must be >= 1")
+    check_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        with h5py.File(tmp / TEST_FILE, "w") as f:
+            _write_xy(f, data.test_x, data.test_y)
+        clients = _write_clients(tmp, data, parts, clients_per_file)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": dataset,
+            "partition": partition,
+            "seed": seed,
+            "num_clients": len(parts),
+            "num_classes": NUM_CLASSES,
+            "image_shape": list(data.train_x.shape[1:]),
+            "normalize": _normalize(data.train_x),
+            "source": data.source,
+            "command": command,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "test": {"file": TEST_FILE, "group": "/", "n": len(data.test_y)},
+            "clients": clients,
+            "sha256": {p.name: _sha256_synced(p) for p in sorted(tmp.iterdir())},
+        }
+        (tmp / MANIFEST).write_text(_manifest_json(manifest))
+        _replace(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
+    """Uncompressed, contiguous datasets: a client's shard is read whole, as fast as the disk allows."""
+    group.create_dataset("x", data=np.ascontiguousarray(x, dtype=np.uint8))
+    group.create_dataset("y", data=np.asarray(y, dtype=np.int64))
+
+
+def _write_clients(folder: Path, data: Dataset, parts: list[np.ndarray], per_file: int) -> list[dict]:
+    """One file per client (root group), or `per_file` clients per file in groups /clients/<id>."""
+    entries = []
+    for first in range(0, len(parts), per_file):
+        ids = range(first, min(first + per_file, len(parts)))
+        name = f"client-{first:05d}.h5" if per_file == 1 else f"clients-{ids[0]:05d}-{ids[-1]:05d}.h5"
+        with h5py.File(folder / name, "w") as f:
+            for k in ids:
+                group = f if per_file == 1 else f.create_group(f"clients/{k}")
+                y = data.train_y[parts[k]]
+                _write_xy(group, data.train_x[parts[k]], y)
+                entries.append({
+                    "id": k,
+                    "file": name,
+                    "group": group.name,
+                    "n": len(y),
+                    "label_histogram": np.bincount(y, minlength=NUM_CLASSES).tolist(),
+                })
+    return entries
+
+
+def _normalize(x: np.ndarray) -> dict:
+    """Per-channel mean and std of the training pixels on the 0..1 scale, exact from pixel counts."""
+    values = np.arange(256, dtype=np.float64) / 255
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        p = np.bincount(x[:, c].ravel(), minlength=256) / x[:, c].size
+        m = p @ values
+        mean.append(float(m))
+        std.append(float(np.sqrt(p @ (values - m) ** 2)))
+    return {"mean": mean, "std": std}
+
+
+def _manifest_json(manifest: dict) -> str:
+    """JSON with one line per field, per client and per checksum: readable and diffable at any K."""
+    def value(key, v):
+        if key == "clients":
+            return "[\n" + ",\n".join(f"  {json.dumps(c)}" for c in v) + "\n ]"
+        if key == "sha256":
+            return "{\n" + ",\n".join(f"  {json.dumps(f)}: {json.dumps(h)}" for f, h in v.items()) + "\n }"
+        return json.dumps(v)
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(k, v)}" for k, v in manifest.items()) + "\n}\n"
+
+
+def _sha256_synced(path: Path) -> str:
+    """The file's checksum; the fsync makes sure the bytes hashed are on disk before the rename."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; with `overwrite`, the old one goes only afterwards."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    check_target(out, overwrite)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old)
