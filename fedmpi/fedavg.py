@@ -55,16 +55,18 @@ class FlatModel:
 
 
 class Normalizer:
-    """uint8 pixels → (x/255 − mean)/std as one multiply-add on the device."""
+    """uint8 pixels → (x/255 − mean)/std, done on the device when a batch is formed.
+
+    Written as the textbook formula (not a fused multiply-add) so that it
+    rounds exactly as torchvision's ToTensor + Normalize does.
+    """
 
     def __init__(self, mean, std, device):
-        std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
-        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x_uint8.float(), self.scale)
+        return x_uint8.float().div_(255).sub_(self.mean).div_(self.std)
 
 
 def local_update(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int,

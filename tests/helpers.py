@@ -1,0 +1,50 @@
+"""Launching real MPI jobs from tests: every launch has a timeout and kills its whole process group."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PYTHON = sys.executable
+MPIEXEC = shutil.which("mpiexec", path=str(Path(PYTHON).parent)) or shutil.which("mpiexec")
+
+
+def launch(ranks: int, module_args: list[str], timeout: float = 240, env: dict | None = None,
+           module: str = "fedmpi", script: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m fedmpi ...` (ranks = 0: no launcher) or `mpiexec -n ranks ...`; never hangs."""
+    target = ["-c", script] if script else ["-m", module]
+    cmd = [PYTHON, *target, *module_args]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    start = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def train(ranks: int, fed: Path, out: Path, *flags: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    """A training job that must succeed; returns its CompletedProcess."""
+    r = launch(ranks, ["--data", str(fed), "--out", str(out), *flags], timeout=timeout, **kw)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+def final_weights(run_dir: Path) -> np.ndarray:
+    """The saved final model as one flat float32 vector (parameter order)."""
+    state = torch.load(Path(run_dir) / "model.pt")
+    return np.concatenate([v.numpy().ravel() for v in state.values()])
