@@ -1,0 +1,37 @@
+"""Results do not depend on how many ranks share the clients (DESIGN.md property 2).
+
+With the same threads per rank, the final weights are bitwise equal for
+P = 1 (no launcher), 2, 3, 4, and for one client per worker (K = 10, P = 11).
+"""
+import numpy as np
+import pytest
+
+from helpers import final_weights, train
+
+FLAGS = ("--model", "2nn", "--fraction", "0.1", "--epochs", "1", "--batch-size", "10", "--lr", "0.1",
+         "--rounds", "3", "--seed", "1", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def single_rank_weights(federation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("p1") / "run"
+    train(0, federation(), out, *FLAGS)
+    return final_weights(out)
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_final_weights_do_not_depend_on_rank_count(ranks, single_rank_weights, federation, tmp_path):
+    train(ranks, federation(), tmp_path / "run", *FLAGS)
+    np.testing.assert_array_equal(final_weights(tmp_path / "run"), single_rank_weights)
+
+
+def test_one_client_per_worker_matches_single_rank(federation, tmp_path):
+    """The paper's picture, `mpirun -n K+1`: each of the 10 workers hosts exactly one client."""
+    fed = federation(clients=10)
+    flags = [*FLAGS]
+    flags[flags.index("--fraction") + 1] = "0.5"
+    single = train(0, fed, tmp_path / "p1", *flags)
+    many = train(11, fed, tmp_path / "p11", *flags)
+    assert "11 rank(s), 10 worker(s)" in many.stdout
+    np.testing.assert_array_equal(final_weights(tmp_path / "p11"), final_weights(tmp_path / "p1"))
+    assert single.returncode == 0
