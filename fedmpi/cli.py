@@ -43,6 +43,8 @@ def parse_args(argv):
     for name in FIELD_NAMES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, help=FLAG_HELP[name])
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (starts fresh if it has none)")
     return p.parse_args(argv)
 
 
@@ -57,16 +59,18 @@ def main(argv=None) -> int:
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
         from fedmpi.job import prepare, train
-        setup = prepare(cfg, comm, args.overwrite)
-    except FedMPIError as e:
+        setup = prepare(cfg, comm, args.overwrite, args.resume)
+    except Exception as e:  # agreed on below, so that no rank waits for one that failed
         error = e
     first = comm.first_failing_rank(error is not None)
     if first is not None:
         if comm.rank == first:
+            if not isinstance(error, FedMPIError):
+                traceback.print_exception(error)
             print(f"fedmpi: error: {error}", file=sys.stderr, flush=True)
         return 2
     try:
-        train(setup, comm)
+        return train(setup, comm)
     except FedMPIError as e:
         print(f"fedmpi: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
         comm.abort(2)
@@ -74,4 +78,3 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"fedmpi: rank {comm.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         comm.abort(1)
-    return 0

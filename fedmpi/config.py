@@ -49,8 +49,9 @@ class RunConfig:
 
 
 FIELD_NAMES = [f.name for f in fields(RunConfig)]
-# Fields that do not change the computed result; a resumed run may differ in them.
-NON_SEMANTIC = {"out", "eval_every", "checkpoint_every", "device", "threads", "rounds"}
+# Fields that do not change the computed result; a resumed run may differ in them
+# (the federation itself is pinned by its manifest sha256, not by its path).
+NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds"}
 
 
 def _parse_batch_size(value):

@@ -104,9 +104,10 @@ class Federation:
         c = self.clients[k]
         return self._read(c["file"], c.get("group", "/"), int(c["n"]))
 
-    def load_test(self, part: int = 0, parts: int = 1):
-        """The test set, or its part-th of `parts` contiguous slices (for split evaluation)."""
+    def load_test(self, part: int = 0, parts: int = 1, chunk: int = 1):
+        """The test set, or the part-th of `parts` contiguous slices whose bounds are multiples of `chunk`."""
         t = self.manifest["test"]
         n = int(t["n"])
-        lo, hi = n * part // parts, n * (part + 1) // parts
+        chunks = -(-n // chunk)
+        lo, hi = chunk * (chunks * part // parts), min(chunk * (chunks * (part + 1) // parts), n)
         return self._read(t["file"], t.get("group", "/"), n, slice(lo, hi))

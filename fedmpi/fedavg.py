@@ -88,9 +88,16 @@ def local_update(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, epochs: int,
     return float(total) / steps
 
 
+EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalizer, batch: int = 2000):
-    """(number correct, summed cross-entropy) of the model on (x, y)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalizer, batch: int = EVAL_CHUNK):
+    """(number correct, summed cross-entropy) of the model on (x, y).
+
+    Each chunk's loss is summed in float32 then added in float64, so with
+    chunk-aligned slices the total does not depend on how many workers share the test set.
+    """
     correct, loss = 0.0, 0.0
     for i in range(0, len(y), batch):
         logits = model(normalize(x[i:i + batch]))
@@ -106,7 +113,8 @@ class RoundSums:
     The evaluation scalars describe the weights that were broadcast this round.
     """
 
-    SCALARS = ("n", "n_loss", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds")
+    SCALARS = ("n", "n_loss", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds",
+               "requeue_requests", "interrupt_requests")
 
     def __init__(self, dim: int, clients_per_round: int):
         self.dim = dim

@@ -1,8 +1,9 @@
 """One training job: setup that every rank does alike, then the round loop.
 
-Setup errors (bad config, missing federation, existing run folder) are
-found before any collective, agreed on by all ranks and reported once.
-Errors after that are rank-specific and end the whole job via Abort.
+Setup (config, federation, this rank's shards, run folder, checkpoint) runs
+before any collective; its errors are agreed on by all ranks and reported
+once, and nothing is written until every rank has passed it. Errors after
+that are rank-specific and end the whole job via Abort.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, load_checkpoint
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import FlatModel, RoundSums, plan_round
 from fedmpi.models import build_model
+from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
+from fedmpi.worker import Worker, load_shards
 
 
 @dataclass
@@ -28,6 +32,9 @@ class Setup:
     fed: Federation
     device: torch.device
     run_dir: Path
+    shards: tuple | None          # this worker's data; None on a server-only rank
+    resume: Checkpoint | None     # None: start at round 0
+    fresh: bool                   # the run folder is to be (re)made
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -45,51 +52,65 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
     return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
 
 
-def prepare(cfg: RunConfig, comm: Comm, overwrite: bool) -> Setup:
-    """Checks that need no collective; raises FedMPIError on every rank that finds a problem."""
+def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
+    """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem."""
     fed = Federation(cfg.data)
     if comm.num_workers > fed.num_clients:
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation has only "
                           f"{fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
-    device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     run_dir = Path(cfg.out)
-    if comm.is_server:
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise FedMPIError(f"run folder {run_dir} exists; pass --overwrite to replace it "
-                              "or choose another --out")
-        if run_dir.exists() and overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return Setup(cfg, fed, device, run_dir)
+    checkpoint = None
+    if resume and (run_dir / CHECKPOINT).exists():
+        checkpoint = load_checkpoint(run_dir, with_weights=comm.is_server)
+        check_compatible(checkpoint, cfg, fed.manifest_sha256, run_dir / CHECKPOINT)
+    elif comm.is_server and not (resume or overwrite) and run_dir.exists() and any(run_dir.iterdir()):
+        raise FedMPIError(f"run folder {run_dir} exists; pass --resume to continue it, --overwrite to "
+                          "replace it, or choose another --out")
+    device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
+    shards = load_shards(fed, comm.worker_index, comm.num_workers, device) if comm.is_worker else None
+    return Setup(cfg, fed, device, run_dir, shards, checkpoint, fresh=checkpoint is None)
 
 
-def train(setup: Setup, comm: Comm) -> None:
-    """The round loop. Step t broadcasts w_t, evaluates it if due, trains round t+1, reduces."""
+def train(setup: Setup, comm: Comm) -> int:
+    """The round loop; returns the exit status (0, or the stop request's).
+
+    Step t broadcasts [w_t | command], evaluates w_t if due, trains round t+1
+    and reduces. A non-zero command tells every rank to stop with that status.
+    """
     from fedmpi.server import Server
-    from fedmpi.worker import Worker
 
     cfg, fed = setup.cfg, setup.fed
+    stops = StopRequests()
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
-    model = build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed)
-    flat = FlatModel(model, setup.device)
-    weights = np.empty(flat.dim, dtype=np.float32)
+    flat = FlatModel(build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed), setup.device)
+    packet = np.zeros(flat.dim + 1, dtype=np.float32)  # [weights | command]
+    weights = packet[:flat.dim]
     m = cfg.clients_per_round(fed.num_clients)
     sums = RoundSums(flat.dim, m)
+    start = setup.resume.round if setup.resume else 0
     server = worker = None
     if comm.is_server:
-        weights[:] = flat.weights.cpu().numpy()
+        if setup.fresh:
+            shutil.rmtree(setup.run_dir, ignore_errors=True)
+            setup.run_dir.mkdir(parents=True)
         (setup.run_dir / "config.toml").write_text(cfg.to_toml())
-        server = Server(cfg, setup.run_dir, weights, comm.size)
+        weights[:] = flat.weights.cpu().numpy()
+        server = Server(cfg, setup.run_dir, weights, fed.manifest_sha256, comm.size, setup.resume)
         print(f"fedmpi: {cfg.model} on {fed.folder} ({fed.num_clients} clients, {m} per round), "
-              f"{comm.size} rank(s), {comm.num_workers} worker(s), device {setup.device if comm.is_worker else 'cpu'}"
-              f", {torch.get_num_threads()} thread(s)/rank; writing {setup.run_dir}", flush=True)
+              f"{comm.size} rank(s), {comm.num_workers} worker(s), device {setup.device}, "
+              f"{torch.get_num_threads()} thread(s)/rank; "
+              f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
     if comm.is_worker:
-        worker = Worker(cfg, fed, flat, comm.worker_index, comm.num_workers, setup.device)
+        worker = Worker(cfg, fed, flat, setup.shards)
 
-    for step in range(0, cfg.rounds + 1):
+    for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()
-        bcast_seconds = comm.bcast(weights)
+        bcast_seconds = comm.bcast(packet)
+        if packet[-1]:
+            return _stopped(int(packet[-1]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
+        sums.add("requeue_requests", stops.exit_code == REQUEUE)
+        sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)
         round_ = step + 1 if step < cfg.rounds else None
         sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
         if worker:
@@ -100,7 +121,19 @@ def train(setup: Setup, comm: Comm) -> None:
                 "seconds": round(time.perf_counter() - started, 6), "bcast": round(bcast_seconds, 6),
                 "reduce": round(reduce_seconds, 6), "train_sum": round(sums["train_seconds"], 6),
                 "eval_sum": round(sums["eval_seconds"], 6)})
+            if (sums["interrupt_requests"] or sums["requeue_requests"]) and step < cfg.rounds:
+                server.checkpoint(step + 1)
+                packet[-1] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
     if server:
         flat.weights.copy_(torch.from_numpy(weights))
         server.finish(flat.model)
         print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt)", flush=True)
+    return 0
+
+
+def _stopped(code: int, server, run_dir: Path, round_: int) -> int:
+    if server:
+        server.stop()
+        print(f"fedmpi: stop requested; checkpoint of round {round_} in {run_dir / CHECKPOINT}; "
+              f"continue with --resume (exit status {code})", flush=True)
+    return code

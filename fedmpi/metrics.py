@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, total_rounds: int, append: bool = False):
+    """metrics.jsonl, started over with the records a resumed run keeps (rewritten atomically)."""
+
+    def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict]):
         self.path = run_dir / "metrics.jsonl"
-        self.file = open(self.path, "a" if append else "w")
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
         self.total_rounds = total_rounds
 
     def write(self, record: dict) -> None:
@@ -37,8 +43,16 @@ def console_line(r: dict, total_rounds: int) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass  # a line torn by a kill mid-write; that round is redone on resume
+    return records
 
 
 def write_json(path: Path, data: dict) -> None:

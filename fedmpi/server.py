@@ -6,27 +6,36 @@ make w_{t+1}. So round t's line is written at step t, when its accuracy is known
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import RoundSums, fedavg_update
-from fedmpi.metrics import MetricsLog, write_json
+from fedmpi.metrics import MetricsLog, read_metrics, write_json
 
 
 class Server:
-    def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, num_ranks: int):
+    def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, manifest_sha256: str,
+                 num_ranks: int, resume: Checkpoint | None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.weights = weights
+        self.manifest_sha256 = manifest_sha256
         self.num_ranks = num_ranks
-        self.log = MetricsLog(run_dir, cfg.rounds)
-        self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
         self.history: list[dict] = []
+        self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
+        if resume:
+            # Keep the records of the rounds before the checkpoint; later ones are redone.
+            self.history = [r for r in read_metrics(run_dir) if r["round"] < resume.round]
+            self.pending = resume.pending
+            weights[:] = resume.weights
+        self.log = MetricsLog(run_dir, cfg.rounds, self.history)
         self.started = time.perf_counter()
 
     def end_step(self, step: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> None:
@@ -39,6 +48,9 @@ class Server:
         self.pending = None
         if step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
+            every = self.cfg.checkpoint_every
+            if step + 1 == self.cfg.rounds or (every and (step + 1) % every == 0):
+                self.checkpoint(step + 1)
 
     def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict:
         skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
@@ -50,6 +62,13 @@ class Server:
         if skipped:
             record["skipped_clients"] = skipped
         return record
+
+    def checkpoint(self, round_: int) -> float:
+        """Save w_round atomically; returns the seconds it took."""
+        t = time.perf_counter()
+        save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.manifest_sha256,
+                                                 self.pending, self.weights))
+        return time.perf_counter() - t
 
     def finish(self, model: torch.nn.Module) -> None:
         """Write the final model and summary.json."""
@@ -65,6 +84,9 @@ class Server:
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),
             "ranks": self.num_ranks,
-            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
         })
+
+    def stop(self) -> None:
+        self.log.close()

@@ -15,23 +15,25 @@ import torch
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import FlatModel, Normalizer, RoundSums, client_generator, evaluate, local_update
+from fedmpi.fedavg import EVAL_CHUNK, FlatModel, Normalizer, RoundSums, client_generator, evaluate, local_update
+
+
+def load_shards(fed: Federation, worker_index: int, num_workers: int, device: torch.device):
+    """This worker's clients {k: (x uint8, y int64)} and its slice of the test set, on the device."""
+    def on_device(arrays):
+        return tuple(torch.from_numpy(a).to(device) for a in arrays)
+
+    clients = {k: on_device(fed.load_client(k)) for k in range(worker_index, fed.num_clients, num_workers)}
+    return clients, on_device(fed.load_test(worker_index, num_workers, EVAL_CHUNK))
 
 
 class Worker:
-    def __init__(self, cfg: RunConfig, fed: Federation, flat: FlatModel, worker_index: int, num_workers: int,
-                 device: torch.device):
+    def __init__(self, cfg: RunConfig, fed: Federation, flat: FlatModel, shards):
         self.cfg = cfg
         self.flat = flat
-        self.device = device
-        self.clients = {}
-        for k in range(worker_index, fed.num_clients, num_workers):
-            x, y = fed.load_client(k)
-            self.clients[k] = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-        x, y = fed.load_test(worker_index, num_workers)
-        self.test = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        self.clients, self.test = shards
         norm = fed.manifest["normalize"]
-        self.normalize = Normalizer(norm["mean"], norm["std"], device)
+        self.normalize = Normalizer(norm["mean"], norm["std"], flat.weights.device)
         self.start = torch.empty_like(flat.weights)
 
     def step(self, weights: np.ndarray, round_: int | None, sampled: np.ndarray, evaluate_now: bool,

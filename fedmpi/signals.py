@@ -1,0 +1,27 @@
+"""Stop requests: SIGTERM / SIGUSR1 (SLURM's pre-timeout or preemption signal) and Ctrl-C.
+
+A handler only records the request; the job finishes the round, writes a
+checkpoint and exits with REQUEUE (75, EX_TEMPFAIL: "try again"), or
+INTERRUPTED (130) for Ctrl-C. A second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import signal
+
+REQUEUE = 75
+INTERRUPTED = 130
+
+
+class StopRequests:
+    def __init__(self):
+        self.exit_code = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.exit_code == INTERRUPTED:
+                raise KeyboardInterrupt
+            self.exit_code = INTERRUPTED
+        elif not self.exit_code:
+            self.exit_code = REQUEUE
