@@ -14,8 +14,9 @@ from fedmpi.models import build_model
 from helpers import final_weights, train
 
 
-def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, weighted=True):
-    """Sequential FedAvg; weighted=False averages client models with equal weights instead of n_k."""
+def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, weighted=True, exclude=()):
+    """Sequential FedAvg; weighted=False averages client models with equal weights instead of n_k;
+    clients in `exclude` are sampled but left out of the average."""
     torch.set_num_threads(1)  # as the jobs below (--threads 1): float sums depend on the thread count
     fed = Federation(fed_dir)
     model = build_model(model_name, fed.image_shape, fed.num_classes, seed)
@@ -28,7 +29,7 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
         chosen = np.sort(np.random.default_rng(np.random.SeedSequence([0, seed, r])).choice(K, m, replace=False))
         total = np.zeros(w.shape, np.float64)
         n_total = 0
-        for k in chosen:
+        for k in (k for k in chosen if k not in exclude):
             x, y = fed.load_client(int(k))
             x = (torch.from_numpy(x).float() / 255 - mean) / std
             y = torch.from_numpy(y)

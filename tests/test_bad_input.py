@@ -1,0 +1,419 @@
+"""Bad-input catalogue: every mistake a user can make in the config, the launch or the federation.
+
+Each case launches a real job (`mpiexec -n 3 python -m fedmpi ...`, the launch a user makes) and
+checks what the user sees: exit status 2, exactly one `fedmpi: error:` line on stderr that names
+the offending field or file, no traceback, nothing else on stdout or stderr, and nothing written:
+the run folder does not exist afterwards, or, where it existed before, it is byte for byte
+unchanged. Setup errors are agreed on by all ranks before the first collective (docs/architecture.md),
+so a shard that only one worker reads still gives one line from one rank.
+
+Federations are copied into the test's tmp_path before being damaged: the `federation` fixture's
+folders are shared by the whole session.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers import launch, train
+
+ERROR_LINE = re.compile(r"^fedmpi: (rank \d+: )?error: ")
+TIMEOUT_S = 60  # a user error must come back in seconds; this only guards against a hang
+SHARD = "client-00003.h5"  # client 3 lives on worker 1 (rank 2) of 3 ranks: only that rank reads it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Damaging a copy of a federation the way a user (or a file system) might
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def edit_manifest(folder: Path, change) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def rehash(folder: Path, file: str) -> None:
+    """Make the manifest's sha256 agree with the file again, so that a later check has to catch it."""
+    digest = sha256_of(folder / file)
+    edit_manifest(folder, lambda m: m["sha256"].__setitem__(file, digest))
+
+
+def rewrite_shard(folder: Path, file: str, change) -> None:
+    """Rewrite a one-client file as change(x, y) -> (x, y) returns it, and fix its sha256."""
+    path = folder / file
+    with h5py.File(path, "r") as f:
+        x, y = f["x"][:], f["y"][:]
+    x, y = change(x, y)
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x)
+        f.create_dataset("y", data=y)
+    rehash(folder, file)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry below `folder` with its bytes' checksum and modification time."""
+    return {str(p.relative_to(folder)): (p.is_dir() or sha256_of(p), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The catalogue
+
+@dataclass
+class Case:
+    args: list[str]
+    expect: list[str]                 # substrings of the one error line: the field or file, and why
+    ranks: int = 3
+    existing_run: bool = False        # --out holds an earlier run, which must come out unchanged
+    extra: list[str] = field(default_factory=lambda: ["--rounds", "1"])
+
+
+class Ctx:
+    """What a case builder may use: its tmp_path, the pristine federation, copies, other inputs."""
+
+    def __init__(self, tmp: Path, request):
+        self.tmp = tmp
+        self.request = request
+        self.fed = request.getfixturevalue("federation")(clients=10)
+        self.out = tmp / "run"
+
+    def broken(self) -> Path:
+        """A private copy of the 10-client federation, to damage."""
+        copy = self.tmp / "fed"
+        shutil.copytree(self.fed, copy)
+        return copy
+
+    def small_federation(self) -> Path:
+        return self.request.getfixturevalue("federation")(clients=2)
+
+    def earlier_run(self) -> Path:
+        """--out holding a finished 2-round run (lr 0.1) with its checkpoint."""
+        shutil.copytree(self.request.getfixturevalue("finished_run"), self.out)
+        return self.out
+
+    def toml(self, text: str) -> str:
+        path = self.tmp / "job.toml"
+        path.write_text(text)
+        return str(path)
+
+
+CASES = {}
+
+
+def case(name):
+    def register(build):
+        CASES[name] = build
+        return build
+    return register
+
+
+# --- the federation folder and its manifest -----------------------------------------------------
+
+@case("federation folder missing")
+def _(c):
+    return Case(["--data", str(c.tmp / "nope")], ["federation", "nope", "folder not found"])
+
+
+@case("federation is a file, not a folder")
+def _(c):
+    c.tmp.joinpath("fed.h5").write_bytes(b"")
+    return Case(["--data", str(c.tmp / "fed.h5")], ["fed.h5", "not a folder"])
+
+
+@case("folder without manifest.json")
+def _(c):
+    fed = c.broken()
+    (fed / "manifest.json").unlink()
+    return Case(["--data", str(fed)], ["no manifest.json"])
+
+
+@case("manifest.json not JSON")
+def _(c):
+    fed = c.broken()
+    text = (fed / "manifest.json").read_text()
+    (fed / "manifest.json").write_text(text[: len(text) // 2])
+    return Case(["--data", str(fed)], ["manifest.json", "not valid JSON"])
+
+
+@case("manifest lacks a field")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m.pop("image_shape"))
+    return Case(["--data", str(fed)], ["manifest.json", "image_shape"])
+
+
+@case("manifest client entry lacks a key")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m["clients"][3].pop("file"))
+    return Case(["--data", str(fed)], ["manifest.json", "client 3", "'file'"])
+
+
+@case("manifest of an unknown format_version")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m.__setitem__("format_version", 2))
+    return Case(["--data", str(fed)], ["manifest.json", "format_version 2", "re-run data_prep"])
+
+
+@case("format_version as a string")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m.__setitem__("format_version", "1"))
+    return Case(["--data", str(fed)], ["manifest.json", "format_version '1'"])
+
+
+@case("empty client (n = 0 in manifest and file)")
+def _(c):
+    fed = c.broken()
+    rewrite_shard(fed, SHARD, lambda x, y: (x[:0], y[:0]))
+    edit_manifest(fed, lambda m: m["clients"][3].update(n=0, label_histogram=[0] * 10))
+    return Case(["--data", str(fed)], ["manifest.json", "client 3", SHARD, "no examples"])
+
+
+@case("manifest disagrees with a shard (n)")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m["clients"][3].update(n=599))
+    return Case(["--data", str(fed)], [SHARD, "expected uint8 [599, 1, 28, 28]"])
+
+
+@case("shard without a sha256 entry")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m["sha256"].pop(SHARD))
+    return Case(["--data", str(fed)], [SHARD, "no sha256"])
+
+
+# --- the shard files --------------------------------------------------------------------------------
+
+@case("shard file missing")
+def _(c):
+    fed = c.broken()
+    (fed / SHARD).unlink()
+    return Case(["--data", str(fed)], [SHARD, "missing"])
+
+
+@case("shard truncated (sha256 fixed: HDF5 must catch it)")
+def _(c):
+    fed = c.broken()
+    data = (fed / SHARD).read_bytes()
+    (fed / SHARD).write_bytes(data[: len(data) // 2])
+    rehash(fed, SHARD)
+    return Case(["--data", str(fed)], [SHARD, "cannot read as HDF5"])
+
+
+@case("test set truncated (every worker reads it)")
+def _(c):
+    fed = c.broken()
+    data = (fed / "test.h5").read_bytes()
+    (fed / "test.h5").write_bytes(data[: len(data) // 2])
+    rehash(fed, "test.h5")
+    return Case(["--data", str(fed)], ["test.h5", "cannot read as HDF5"])
+
+
+@case("shard with a flipped byte (sha256 mismatch)")
+def _(c):
+    fed = c.broken()
+    data = bytearray((fed / SHARD).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (fed / SHARD).write_bytes(bytes(data))
+    return Case(["--data", str(fed)], [SHARD, "sha256 mismatch"])
+
+
+@case("shard of the wrong image shape")
+def _(c):
+    fed = c.broken()
+    rewrite_shard(fed, SHARD, lambda x, y: (np.ascontiguousarray(x[..., :27]), y))
+    return Case(["--data", str(fed)], [SHARD, "/x", "[6000, 1, 28, 27]"])
+
+
+@case("shard of the wrong dtype (float32 x)")
+def _(c):
+    fed = c.broken()
+    rewrite_shard(fed, SHARD, lambda x, y: (x.astype(np.float32), y))
+    return Case(["--data", str(fed)], [SHARD, "/x", "expected uint8", "found float32"])
+
+
+@case("shard with int32 labels")
+def _(c):
+    fed = c.broken()
+    rewrite_shard(fed, SHARD, lambda x, y: (x, y.astype(np.int32)))
+    return Case(["--data", str(fed)], [SHARD, "/y", "expected int64", "found int32"])
+
+
+@case("labels out of range (y = 10)")
+def _(c):
+    fed = c.broken()
+
+    def label_ten(x, y):
+        y = y.copy()
+        y[17] = 10
+        return x, y
+    rewrite_shard(fed, SHARD, label_ten)
+    return Case(["--data", str(fed)], [SHARD, "/y", "labels must lie in 0..9", "0..10"])
+
+
+# --- the launch ---------------------------------------------------------------------------------
+
+@case("more ranks than clients")
+def _(c):
+    return Case(["--data", str(c.small_federation())], ["only 2 clients", "at most 3 ranks"], ranks=4)
+
+
+@case("device cuda:0 not present")
+def _(c):
+    return Case(["--data", str(c.fed), "--device", "cuda:0"], ["'device'", "cuda:0", "not available"])
+
+
+@case("device tpu")
+def _(c):
+    return Case(["--data", str(c.fed), "--device", "tpu"], ["'device'", "tpu"])
+
+
+@case("no --data")
+def _(c):
+    return Case([], ["'data'", "no federation folder"])
+
+
+@case("unknown flag")
+def _(c):
+    return Case(["--data", str(c.fed), "--learning-rate", "0.1"], ["unrecognized arguments: --learning-rate"])
+
+
+# --- config values ------------------------------------------------------------------------------
+
+def value_case(flag, value, expect):
+    return lambda c: Case(["--data", str(c.fed), flag, value], expect)
+
+
+for _name, _flag, _value, _expect in [
+    ("unknown model", "--model", "resnet", ["'model'", "unknown model 'resnet'"]),
+    ("model typo", "--model", "cnnn", ["'model'", "did you mean 'cnn'"]),
+    ("C = 1.5", "--fraction", "1.5", ["'fraction'", "[0, 1]", "1.5"]),
+    ("C = -0.1", "--fraction", "-0.1", ["'fraction'", "[0, 1]", "-0.1"]),
+    ("C = nan", "--fraction", "nan", ["'fraction'", "nan"]),
+    ("E = 0", "--epochs", "0", ["'epochs'", "at least 1"]),
+    ("E = 1.5", "--epochs", "1.5", ["'epochs'", "expected int", "1.5"]),
+    ("B = -5", "--batch-size", "-5", ["'batch_size'", "-5"]),
+    ("B not a number", "--batch-size", "ten", ["'batch_size'", "'ten'"]),
+    ("lr = 0", "--lr", "0", ["'lr'", "> 0", "got 0"]),
+    ("lr = -0.1", "--lr", "-0.1", ["'lr'", "> 0", "-0.1"]),
+    ("lr = nan", "--lr", "nan", ["'lr'", "finite", "nan"]),
+    ("lr = inf", "--lr", "inf", ["'lr'", "finite", "inf"]),
+    ("rounds = -1", "--rounds", "-1", ["'rounds'", ">= 0"]),
+    ("eval_every = 0", "--eval-every", "0", ["'eval_every'", ">= 1"]),
+    ("threads = -2", "--threads", "-2", ["'threads'", ">= 0"]),
+    ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
+]:
+    case(_name)(value_case(_flag, _value, _expect))
+
+
+# --- the TOML file ------------------------------------------------------------------------------
+
+@case("TOML file missing")
+def _(c):
+    return Case(["--config", str(c.tmp / "nope.toml")], ["nope.toml", "not found"])
+
+
+@case("TOML syntax error")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nepochs 5\n')
+    return Case(["--config", path], ["job.toml", "TOML syntax error", "line 2"])
+
+
+@case("TOML unknown key with a suggestion")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nepoch = 5\n')
+    return Case(["--config", path], ["job.toml", "unknown key 'epoch'", "did you mean 'epochs'"])
+
+
+@case("TOML unknown key without a suggestion")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nmomentum = 0.9\n')
+    return Case(["--config", path], ["job.toml", "unknown key 'momentum'"])
+
+
+@case("TOML value of the wrong type")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nepochs = "five"\n')
+    return Case(["--config", path], ["'epochs'", "expected int", "'five'"])
+
+
+@case("TOML lr = nan")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nlr = nan\n')
+    return Case(["--config", path], ["'lr'", "finite"])
+
+
+# --- an existing run folder ---------------------------------------------------------------------
+
+@case("existing run folder without --resume/--overwrite")
+def _(c):
+    c.earlier_run()
+    return Case(["--data", str(c.fed)], ["run folder", str(c.out), "--resume", "--overwrite"],
+                existing_run=True)
+
+
+@case("resume with another lr")
+def _(c):
+    c.earlier_run()
+    return Case(["--data", str(c.fed), "--lr", "0.05", "--resume"],
+                ["checkpoint.h5", "another config", "lr 0.1 -> 0.05"], existing_run=True,
+                extra=["--rounds", "2"])
+
+
+@case("resume with another federation")
+def _(c):
+    c.earlier_run()
+    small = c.small_federation()
+    return Case(["--data", str(small), "--resume"], ["checkpoint.h5", "another federation", str(small)],
+                existing_run=True, extra=["--rounds", "2"])
+
+
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(federation, tmp_path_factory):
+    """A 2-round run with lr 0.1 on the 10-client federation; cases copy it before using it."""
+    out = tmp_path_factory.mktemp("earlier") / "run"
+    train(3, federation(clients=10), out, "--rounds", "2", "--lr", "0.1", "--threads", "1", timeout=120)
+    assert (out / "checkpoint.h5").is_file()
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_line_naming_it_and_writes_nothing(name, tmp_path, request):
+    c = Ctx(tmp_path, request)
+    spec = CASES[name](c)
+    before = snapshot(c.out) if spec.existing_run else None
+    assert spec.existing_run == c.out.exists()
+
+    r = launch(spec.ranks, [*spec.args, "--out", str(c.out), *spec.extra], timeout=TIMEOUT_S)
+
+    shown = f"exit {r.returncode} after {r.seconds:.1f} s\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert r.returncode == 2, shown
+    assert "Traceback" not in r.stderr, shown
+    errors = [line for line in r.stderr.splitlines() if ERROR_LINE.match(line)]
+    assert len(errors) == 1, shown
+    others = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.strip() and line != errors[0]]
+    assert not others, shown
+    for part in spec.expect:
+        assert part in errors[0], f"{part!r} not in the error line\n{shown}"
+    if spec.existing_run:
+        assert snapshot(c.out) == before, "the existing run folder was changed"
+    else:
+        assert not c.out.exists(), f"{c.out} was written\n{shown}"

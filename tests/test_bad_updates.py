@@ -1,0 +1,47 @@
+"""A client whose update is NaN/Inf aborts the job naming round and client, or, with
+--on-bad-update skip, is left out of the average (weights renormalised) and recorded."""
+import numpy as np
+
+from fedmpi.metrics import read_metrics
+from helpers import final_weights, launch
+from test_fedavg_reference import seq_fedavg
+
+POISON_CLIENT_3_IN_ROUND_1 = """
+import sys
+import fedmpi.worker
+current = {}
+make_generator = fedmpi.worker.client_generator
+def recording_generator(seed, round_, client):
+    current["key"] = (round_, client)
+    return make_generator(seed, round_, client)
+update = fedmpi.worker.local_update
+def poisoned_update(flat, *args):
+    loss = update(flat, *args)
+    if current["key"] == (1, 3):
+        flat.weights[7] = float("nan")
+    return loss
+fedmpi.worker.client_generator = recording_generator
+fedmpi.worker.local_update = poisoned_update
+from fedmpi.cli import main
+sys.exit(main())
+"""
+FLAGS = ["--fraction", "1.0", "--epochs", "1", "--batch-size", "50", "--lr", "0.05", "--rounds", "1",
+         "--seed", "2", "--threads", "1"]
+
+
+def test_a_non_finite_update_aborts_naming_round_and_client(federation, tmp_path):
+    r = launch(3, ["--data", str(federation(clients=10)), "--out", str(tmp_path / "run"), *FLAGS],
+               script=POISON_CLIENT_3_IN_ROUND_1, timeout=120)
+    assert r.returncode != 0
+    assert "round 1: client 3 produced a non-finite update" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_skip_drops_the_bad_client_and_renormalises(federation, tmp_path):
+    fed = federation(clients=10)
+    r = launch(3, ["--data", str(fed), "--out", str(tmp_path / "run"), *FLAGS, "--on-bad-update", "skip"],
+               script=POISON_CLIENT_3_IN_ROUND_1, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert read_metrics(tmp_path / "run")[1]["skipped_clients"] == [3]
+    expected = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=2, exclude=(3,))
+    np.testing.assert_allclose(final_weights(tmp_path / "run"), expected, rtol=1e-5, atol=1e-6)
