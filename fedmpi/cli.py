@@ -1,7 +1,7 @@
 """`python -m fedmpi`: parse the config, set up every rank, train; one-line errors.
 
-torch is imported only after the config is parsed, so a typo costs a
-fraction of a second instead of a torch import per rank.
+torch is imported only after the config and the federation's manifest are
+checked, so a typo costs a fraction of a second instead of a torch import per rank.
 """
 from __future__ import annotations
 
@@ -48,9 +48,23 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def user_message(error: BaseException) -> str | None:
+    """The one-line message of a setup error the user can fix, or None for a bug.
+
+    Besides FedMPIError, an OSError about a named path (not a directory, permission denied, ...)
+    is the user's to fix, and its path and reason say all there is to say.
+    """
+    if isinstance(error, FedMPIError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return None
+
+
 def main(argv=None) -> int:
     from fedmpi.comm import Comm
     from fedmpi.config import build_config
+    from fedmpi.data import Federation
 
     comm = Comm()
     error = None
@@ -58,6 +72,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
+        Federation(cfg.data)  # a wrong --data or a bad manifest, too, costs no torch import
         from fedmpi.job import prepare, train
         setup = prepare(cfg, comm, args.overwrite, args.resume)
     except Exception as e:  # agreed on below, so that no rank waits for one that failed
@@ -65,9 +80,10 @@ def main(argv=None) -> int:
     first = comm.first_failing_rank(error is not None)
     if first is not None:
         if comm.rank == first:
-            if not isinstance(error, FedMPIError):
+            message = user_message(error)
+            if message is None:  # a bug: keep its traceback
                 traceback.print_exception(error)
-            print(f"fedmpi: error: {error}", file=sys.stderr, flush=True)
+            print(f"fedmpi: error: {message or error}", file=sys.stderr, flush=True)
         return 2
     try:
         return train(setup, comm)

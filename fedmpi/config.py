@@ -19,6 +19,7 @@ from fedmpi.errors import FedMPIError
 
 MODELS = ("2nn", "cnn")
 BAD_UPDATE_POLICIES = ("abort", "skip")
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 
 
 @dataclass
@@ -91,12 +92,18 @@ def build_config(toml_path: str | None, overrides: dict) -> RunConfig:
 
 def read_toml(path: str) -> dict:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FedMPIError(f"config file {path}: not found")
+    if not p.is_file():
+        raise FedMPIError(f"config file {path}: not a file")
     try:
-        values = tomllib.loads(p.read_text())
+        values = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FedMPIError(f"config file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise FedMPIError(f"config file {path}: TOML syntax error: {e}") from None
+    except OSError as e:
+        raise FedMPIError(f"config file {path}: cannot read: {e.strerror}") from None
     for key in values:
         if key not in FIELD_NAMES:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
@@ -123,6 +130,8 @@ def validate(cfg: RunConfig) -> None:
         bad("batch_size", f"B must be a positive size, or 0 / 'inf' for the whole local set, got {cfg.batch_size}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         bad("lr", f"the learning rate must be a finite number > 0, got {cfg.lr}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        bad("seed", f"must lie in 0..{MAX_SEED} (2^63 - 1), got {cfg.seed}")
     if cfg.rounds < 0:
         bad("rounds", f"must be >= 0, got {cfg.rounds}")
     if cfg.eval_every < 1:

@@ -29,38 +29,79 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_manifest(m: dict, path: Path) -> None:
+    """The types of the fields a reader uses, so that a hand-edited manifest gives an error naming the field."""
+    def is_int(v, least=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    def bad(field, why):
+        raise FedMPIError(f"{path}: {field} {why}")
+
+    if not is_int(m["num_clients"], 1):
+        bad("'num_clients'", f"must be an integer >= 1, found {m['num_clients']!r}")
+    if not is_int(m["num_classes"], 1):
+        bad("'num_classes'", f"must be an integer >= 1, found {m['num_classes']!r}")
+    if not (isinstance(m["image_shape"], list) and m["image_shape"] and all(is_int(s, 1) for s in m["image_shape"])):
+        bad("'image_shape'", f"must be a list of sizes such as [1, 28, 28], found {m['image_shape']!r}")
+    if not isinstance(m["sha256"], dict):
+        bad("'sha256'", "must map file names to checksums")
+    norm = m["normalize"]
+    if not (isinstance(norm, dict) and all(isinstance(norm.get(k), list) and len(norm[k]) == m["image_shape"][0]
+                                           for k in ("mean", "std"))):
+        bad("'normalize'", f"must hold 'mean' and 'std' lists of {m['image_shape'][0]} value(s)")
+    entries = [("'test'", m["test"])]
+    if not isinstance(m["clients"], list):
+        bad("'clients'", "must be a list")
+    entries += [(f"client {i}", c) for i, c in enumerate(m["clients"])]
+    for what, entry in entries:
+        if not isinstance(entry, dict):
+            bad(what, "must be an object with keys 'file', 'n' (and 'id' for clients)")
+        lacking = [k for k in ("id", "file", "n") if k not in entry and (k != "id" or what != "'test'")]
+        if lacking:
+            bad(what, f"lacks {', '.join(repr(k) for k in lacking)}")
+        if not isinstance(entry["file"], str) or not isinstance(entry.get("group", "/"), str):
+            bad(what, "'file' and 'group' must be strings")
+        if not is_int(entry["n"]):
+            bad(what, f"'n' must be an integer >= 0, found {entry['n']!r}")
+
+
 class Federation:
     """A federation folder: its manifest, and loaders for client shards and the test set."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         manifest_path = self.folder / "manifest.json"
-        if not self.folder.is_dir():
+        if not self.folder.exists():
             raise FedMPIError(f"federation {self.folder}: folder not found (make one with python -m data_prep)")
+        if not self.folder.is_dir():
+            raise FedMPIError(f"federation {self.folder}: not a folder (--data takes the folder data_prep wrote)")
         if not manifest_path.is_file():
             raise FedMPIError(f"federation {self.folder}: no manifest.json (is this a data_prep output folder?)")
         try:
-            m = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
+            m = json.loads(manifest_path.read_bytes())
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise FedMPIError(f"{manifest_path}: not valid JSON: {e}") from None
+        if not isinstance(m, dict):
+            raise FedMPIError(f"{manifest_path}: expected a JSON object, found {type(m).__name__}")
         missing = [k for k in MANIFEST_KEYS if k not in m]
         if missing:
             raise FedMPIError(f"{manifest_path}: missing fields {', '.join(missing)}")
         if m["format_version"] != FORMAT_VERSION:
-            raise FedMPIError(f"{manifest_path}: format_version {m['format_version']} is not supported "
+            raise FedMPIError(f"{manifest_path}: format_version {m['format_version']!r} is not supported "
                               f"(this fedmpi reads version {FORMAT_VERSION}); re-run data_prep")
+        _check_manifest(m, manifest_path)
         self.manifest = m
         self.manifest_sha256 = sha256_of(manifest_path)
-        self.num_clients = int(m["num_clients"])
-        self.num_classes = int(m["num_classes"])
-        self.image_shape = tuple(int(s) for s in m["image_shape"])
+        self.num_clients = m["num_clients"]
+        self.num_classes = m["num_classes"]
+        self.image_shape = tuple(m["image_shape"])
         self.clients = m["clients"]
         if len(self.clients) != self.num_clients or [c["id"] for c in self.clients] != list(range(self.num_clients)):
             raise FedMPIError(f"{manifest_path}: 'clients' must list ids 0..{self.num_clients - 1} in order")
         for c in self.clients:
-            if int(c["n"]) < 1:
+            if c["n"] < 1:
                 raise FedMPIError(f"{manifest_path}: client {c['id']} ({c['file']}) has no examples")
-        self.sizes = np.array([int(c["n"]) for c in self.clients], dtype=np.int64)
+        self.sizes = np.array([c["n"] for c in self.clients], dtype=np.int64)
         self._verified: set[str] = set()
 
     def _open(self, file: str) -> h5py.File:
@@ -85,15 +126,20 @@ class Federation:
     def _read(self, file: str, group: str, n: int, rows: slice = slice(None)):
         where = f"{self.folder / file}:{group}"
         with self._open(file) as f:
-            if group not in f or "x" not in f[group] or "y" not in f[group]:
-                raise FedMPIError(f"{where}: datasets 'x' and 'y' not found")
-            x, y = f[group]["x"], f[group]["y"]
-            if x.dtype != np.uint8 or tuple(x.shape) != (n, *self.image_shape):
-                raise FedMPIError(f"{where}/x: expected uint8 {[n, *self.image_shape]}, "
-                                  f"found {x.dtype} {list(x.shape)}")
-            if y.dtype != np.int64 or tuple(y.shape) != (n,):
-                raise FedMPIError(f"{where}/y: expected int64 [{n}], found {y.dtype} {list(y.shape)}")
-            x, y = x[rows], y[rows]
+            try:
+                node = f.get(group)
+                if not (isinstance(node, h5py.Group) and isinstance(node.get("x"), h5py.Dataset)
+                        and isinstance(node.get("y"), h5py.Dataset)):
+                    raise FedMPIError(f"{where}: datasets 'x' and 'y' not found")
+                x, y = node["x"], node["y"]
+                if x.dtype != np.uint8 or tuple(x.shape) != (n, *self.image_shape):
+                    raise FedMPIError(f"{where}/x: expected uint8 {[n, *self.image_shape]}, "
+                                      f"found {x.dtype} {list(x.shape)}")
+                if y.dtype != np.int64 or tuple(y.shape) != (n,):
+                    raise FedMPIError(f"{where}/y: expected int64 [{n}], found {y.dtype} {list(y.shape)}")
+                x, y = x[rows], y[rows]
+            except (OSError, KeyError, RuntimeError) as e:  # damaged inside, though its checksum matches
+                raise FedMPIError(f"{where}: cannot read as HDF5: {e}") from None
         if y.size and (y.min() < 0 or y.max() >= self.num_classes):
             raise FedMPIError(f"{where}/y: labels must lie in 0..{self.num_classes - 1}, "
                               f"found {y.min()}..{y.max()}")

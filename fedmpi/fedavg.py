@@ -28,30 +28,36 @@ def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
 
 
 class FlatModel:
-    """A model whose parameters and gradients are views into two flat float32 buffers.
+    """A model whose parameters are views into one flat float32 buffer.
 
-    The broadcast writes straight into `weights`, plain SGD is one fused op on
-    the flat buffers, and a client's update is `weights - w_t` with no copies.
+    The broadcast lands in `weights` with one copy and a client's update is
+    `weights - w_t`, with no per-parameter gathering. Each parameter keeps
+    its own memory format (channels_last for conv weights) inside the buffer,
+    so every rank must build the model the same way (models.build_model does).
     """
 
     def __init__(self, model: nn.Module, device: torch.device):
         if any(b.is_floating_point() for b in model.buffers()):
             raise NotImplementedError("models with float buffers (e.g. BatchNorm) are not supported yet")
         self.model = model.to(device)
-        params = list(self.model.parameters())
-        self.weights = torch.cat([p.detach().reshape(-1) for p in params])
-        self.grads = torch.zeros_like(self.weights)
+        self.params = list(self.model.parameters())
+        self.weights = torch.empty(sum(p.numel() for p in self.params), device=device)
         offset = 0
-        for p in params:
+        for p in self.params:
             n = p.numel()
-            p.data = self.weights[offset:offset + n].view_as(p)
-            p.grad = self.grads[offset:offset + n].view_as(p)
+            view = self.weights[offset:offset + n].as_strided(p.shape, p.stride())
+            view.copy_(p.detach())
+            p.data = view
             offset += n
         self.dim = offset
 
+    @torch.no_grad()
     def sgd_step(self, lr: float) -> None:
-        self.weights.add_(self.grads, alpha=-lr)
-        self.grads.zero_()
+        """w ← w − η·∇, then drop the gradients so that the next backward writes fresh ones
+        (cheaper than accumulating into zeroed buffers)."""
+        torch._foreach_add_(self.params, [p.grad for p in self.params], alpha=-lr)
+        for p in self.params:
+            p.grad = None
 
 
 class Normalizer:
@@ -66,7 +72,8 @@ class Normalizer:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return x_uint8.float().div_(255).sub_(self.mean).div_(self.std)
+        x = x_uint8.float().div_(255).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 def local_update(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int,

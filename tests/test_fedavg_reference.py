@@ -34,6 +34,8 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
             x = (torch.from_numpy(x).float() / 255 - mean) / std
             y = torch.from_numpy(y)
             torch.nn.utils.vector_to_parameters(torch.from_numpy(w.copy()), model.parameters())
+            # Same conv kernels as fedmpi (NHWC); NCHW kernels round differently.
+            model.to(memory_format=torch.channels_last)
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             state = np.random.SeedSequence([1, seed, r, int(k)]).generate_state(1, np.uint64)[0]
             g = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -46,7 +48,7 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
                     opt.zero_grad()
                     F.cross_entropy(model(x[idx]), y[idx]).backward()
                     opt.step()
-            wk = torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
+            wk = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
             weight = n if weighted else 1
             total += weight * (wk.astype(np.float64) - w)
             n_total += weight
