@@ -21,6 +21,34 @@ def plan_round(seed: int, round_: int, num_clients: int, clients_per_round: int)
     return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
 
 
+def home_worker(client: int, num_workers: int) -> int:
+    """The worker that reads client k's shard at start: k mod W."""
+    return client % num_workers
+
+
+def assign_to_workers(sampled: np.ndarray, num_workers: int) -> np.ndarray:
+    """Which worker trains each sampled client: its home worker unless that would overload it.
+
+    Every worker gets at most ceil(m / W) clients, so a round waits for no
+    straggler that static placement would create (with k mod W alone, 10
+    clients on 2 workers split 7/3 as often as 5/5). Clients that must move
+    go, in order, to the least-loaded worker; the result depends only on the
+    sampled ids and W, never on timing.
+    """
+    cap = -(-len(sampled) // num_workers)
+    load = np.zeros(num_workers, dtype=np.int64)
+    owner = np.full(len(sampled), -1, dtype=np.int64)
+    for i, k in enumerate(sampled):
+        home = home_worker(int(k), num_workers)
+        if load[home] < cap:
+            owner[i] = home
+            load[home] += 1
+    for i in np.flatnonzero(owner < 0):
+        owner[i] = int(np.argmin(load))
+        load[owner[i]] += 1
+    return owner
+
+
 def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
     """The torch generator that shuffles client k's data in round t."""
     state = np.random.SeedSequence([CLIENT, seed, round_, client]).generate_state(1, np.uint64)[0]

@@ -101,7 +101,7 @@ def train(setup: Setup, comm: Comm) -> int:
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
     if comm.is_worker:
-        worker = Worker(cfg, fed, flat, setup.shards)
+        worker = Worker(cfg, fed, flat, setup.shards, comm.worker_index, comm.num_workers)
 
     for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()

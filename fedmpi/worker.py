@@ -1,9 +1,12 @@
-"""A worker rank: hosts its share of the clients and trains the sampled ones.
+"""A worker rank: hosts its share of the clients and trains the ones assigned to it.
 
-Client k lives on worker k mod W (W = number of worker ranks). Its shard is
-read once, at start, and kept in memory as uint8 on the rank's device; the
-worker also evaluates its slice of the test set, so evaluation is split over
-the workers and summed in the same reduction as the updates.
+Client k's home is worker k mod W (W = number of worker ranks): its shard is
+read at start and kept in memory as uint8 on the rank's device. To keep
+rounds balanced, a sampled client may be trained away from home
+(fedavg.assign_to_workers); its shard is then read by that worker on first
+use and kept too, so each rank reads each shard at most once. The worker also
+evaluates its slice of the test set, so evaluation is split over the workers
+and summed in the same reduction as the updates.
 """
 from __future__ import annotations
 
@@ -15,22 +18,29 @@ import torch
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import EVAL_CHUNK, FlatModel, Normalizer, RoundSums, client_generator, evaluate, local_update
+from fedmpi.fedavg import (EVAL_CHUNK, FlatModel, Normalizer, RoundSums, assign_to_workers, client_generator,
+                           evaluate, home_worker, local_update)
+
+
+def on_device(arrays, device):
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
 def load_shards(fed: Federation, worker_index: int, num_workers: int, device: torch.device):
-    """This worker's clients {k: (x uint8, y int64)} and its slice of the test set, on the device."""
-    def on_device(arrays):
-        return tuple(torch.from_numpy(a).to(device) for a in arrays)
-
-    clients = {k: on_device(fed.load_client(k)) for k in range(worker_index, fed.num_clients, num_workers)}
-    return clients, on_device(fed.load_test(worker_index, num_workers, EVAL_CHUNK))
+    """This worker's home clients {k: (x uint8, y int64)} and its slice of the test set, on the device."""
+    clients = {k: on_device(fed.load_client(k), device) for k in range(fed.num_clients)
+               if home_worker(k, num_workers) == worker_index}
+    return clients, on_device(fed.load_test(worker_index, num_workers, EVAL_CHUNK), device)
 
 
 class Worker:
-    def __init__(self, cfg: RunConfig, fed: Federation, flat: FlatModel, shards):
+    def __init__(self, cfg: RunConfig, fed: Federation, flat: FlatModel, shards, worker_index: int,
+                 num_workers: int):
         self.cfg = cfg
+        self.fed = fed
         self.flat = flat
+        self.index = worker_index
+        self.num_workers = num_workers
         self.clients, self.test = shards
         norm = fed.manifest["normalize"]
         self.normalize = Normalizer(norm["mean"], norm["std"], flat.weights.device)
@@ -49,12 +59,14 @@ class Worker:
             sums.add("test_count", len(self.test[1]))
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
-        for slot, k in enumerate(sampled):
-            if k in self.clients:
-                self._train(round_, int(k), slot, sums)
+        owners = assign_to_workers(sampled, self.num_workers)
+        for slot in np.flatnonzero(owners == self.index):
+            self._train(round_, int(sampled[slot]), int(slot), sums)
         sums.add("train_seconds", time.perf_counter() - t)
 
     def _train(self, round_: int, k: int, slot: int, sums: RoundSums) -> None:
+        if k not in self.clients:
+            self.clients[k] = on_device(self.fed.load_client(k), self.flat.weights.device)
         x, y = self.clients[k]
         self.flat.weights.copy_(self.start)
         loss = local_update(self.flat, x, y, self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,

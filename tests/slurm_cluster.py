@@ -77,7 +77,8 @@ class SlurmCluster:
         # 3 ranks (server + 2 workers) with --ntasks-per-node on a 2-core machine (sbatch refuses
         # --overcommit together with --ntasks-per-node). slurmd takes the declared count as given.
         self.cpus = 2 * (os.cpu_count() or 1)
-        # A requeued job may start again cred_expire seconds later (default 120 s).
+        # A requeued job may start again cred_expire seconds later (default 120 s), at the next
+        # scheduling pass (sched_interval, bf_interval: 60 s and 30 s by default; 1 s here).
         self.requeue_delay = 5
         self.procs: dict[str, subprocess.Popen] = {}
         self.munge_dir: Path | None = None
@@ -140,6 +141,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
+SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 SlurmdParameters=config_overrides
 ReturnToService=2

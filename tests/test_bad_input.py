@@ -28,6 +28,9 @@ from helpers import launch, train
 ERROR_LINE = re.compile(r"^fedmpi: (rank \d+: )?error: ")
 TIMEOUT_S = 60  # only guards against a hang
 FAST_S = 20     # a user error comes back in seconds (at most a torch import per rank), never after training
+# Config mistakes are found before torch is imported and alike on every rank: most of them run as
+# one process without a launcher (a third of the time); a few, and every data mistake, under mpiexec.
+CONFIG_RANKS = 0
 SHARD = "client-00003.h5"  # client 3 lives on worker 1 (rank 2) of 3 ranks: only that rank reads it
 
 
@@ -312,29 +315,30 @@ def _(c):
 
 @case("device tpu")
 def _(c):
-    return Case(["--data", str(c.fed), "--device", "tpu"], ["'device'", "tpu"])
+    return Case(["--data", str(c.fed), "--device", "tpu"], ["'device'", "tpu"], ranks=CONFIG_RANKS)
 
 
 @case("no --data")
 def _(c):
-    return Case([], ["'data'", "no federation folder"])
+    return Case([], ["'data'", "no federation folder"], ranks=CONFIG_RANKS)
 
 
 @case("unknown flag")
 def _(c):
-    return Case(["--data", str(c.fed), "--learning-rate", "0.1"], ["unrecognized arguments: --learning-rate"])
+    return Case(["--data", str(c.fed), "--learning-rate", "0.1"], ["unrecognized arguments: --learning-rate"],
+                ranks=CONFIG_RANKS)
 
 
 # --- config values ------------------------------------------------------------------------------
 
-def value_case(flag, value, expect):
-    return lambda c: Case(["--data", str(c.fed), flag, value], expect)
+def value_case(flag, value, expect, ranks=CONFIG_RANKS):
+    return lambda c: Case(["--data", str(c.fed), flag, value], expect, ranks=ranks)
 
 
-for _name, _flag, _value, _expect in [
-    ("unknown model", "--model", "resnet", ["'model'", "unknown model 'resnet'"]),
+for _name, _flag, _value, _expect, *_ranks in [
+    ("unknown model", "--model", "resnet", ["'model'", "unknown model 'resnet'"], 3),
     ("model typo", "--model", "cnnn", ["'model'", "did you mean 'cnn'"]),
-    ("C = 1.5", "--fraction", "1.5", ["'fraction'", "[0, 1]", "1.5"]),
+    ("C = 1.5", "--fraction", "1.5", ["'fraction'", "[0, 1]", "1.5"], 3),
     ("C = -0.1", "--fraction", "-0.1", ["'fraction'", "[0, 1]", "-0.1"]),
     ("C = nan", "--fraction", "nan", ["'fraction'", "nan"]),
     ("E = 0", "--epochs", "0", ["'epochs'", "at least 1"]),
@@ -352,59 +356,62 @@ for _name, _flag, _value, _expect in [
     ("threads = -2", "--threads", "-2", ["'threads'", ">= 0"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
 ]:
-    case(_name)(value_case(_flag, _value, _expect))
+    case(_name)(value_case(_flag, _value, _expect, *_ranks))
 
 
 # --- the TOML file ------------------------------------------------------------------------------
 
 @case("TOML file missing")
 def _(c):
-    return Case(["--config", str(c.tmp / "nope.toml")], ["nope.toml", "not found"])
+    return Case(["--config", str(c.tmp / "nope.toml")], ["nope.toml", "not found"], ranks=CONFIG_RANKS)
 
 
 @case("TOML file is a folder")
 def _(c):
-    return Case(["--config", str(c.tmp)], [str(c.tmp), "not a file"])
+    return Case(["--config", str(c.tmp)], [str(c.tmp), "not a file"], ranks=CONFIG_RANKS)
 
 
 @case("TOML file not UTF-8")
 def _(c):
     path = c.tmp / "job.toml"
     path.write_bytes(b'data = "fed"\nlr = \xff\xfe\n')
-    return Case(["--config", str(path)], ["job.toml", "not UTF-8"])
+    return Case(["--config", str(path)], ["job.toml", "not UTF-8"], ranks=CONFIG_RANKS)
 
 
 @case("TOML syntax error")
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nepochs 5\n')
-    return Case(["--config", path], ["job.toml", "TOML syntax error", "line 2"])
+    return Case(["--config", path], ["job.toml", "TOML syntax error", "line 2"], ranks=CONFIG_RANKS)
 
 
 @case("TOML unknown key with a suggestion")
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nepoch = 5\n')
-    return Case(["--config", path], ["job.toml", "unknown key 'epoch'", "did you mean 'epochs'"])
+    return Case(["--config", path], ["job.toml", "unknown key 'epoch'", "did you mean 'epochs'"], ranks=3)
 
 
 @case("TOML unknown key without a suggestion")
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nmomentum = 0.9\n')
-    return Case(["--config", path], ["job.toml", "unknown key 'momentum'"])
+    return Case(["--config", path], ["job.toml", "unknown key 'momentum'"], ranks=CONFIG_RANKS)
 
 
 @case("TOML value of the wrong type")
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nepochs = "five"\n')
-    return Case(["--config", path], ["'epochs'", "expected int", "'five'"])
+    return Case(["--config", path], ["'epochs'", "expected int", "'five'"], ranks=CONFIG_RANKS)
 
 
 @case("TOML lr = nan")
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nlr = nan\n')
-    return Case(["--config", path], ["'lr'", "finite"])
+    return Case(["--config", path], ["'lr'", "finite"], ranks=CONFIG_RANKS)
 
 
 # --- an existing run folder ---------------------------------------------------------------------
+
+EARLIER_RUN = ["--rounds", "2", "--lr", "0.1", "--batch-size", "0", "--threads", "1"]  # see finished_run
+
 
 @case("existing run folder without --resume/--overwrite")
 def _(c):
@@ -418,7 +425,7 @@ def _(c):
     c.earlier_run()
     return Case(["--data", str(c.fed), "--lr", "0.05", "--resume"],
                 ["checkpoint.h5", "another config", "lr 0.1 -> 0.05"], existing_run=True,
-                extra=["--rounds", "2"])
+                extra=EARLIER_RUN)
 
 
 @case("resume with another federation")
@@ -426,7 +433,7 @@ def _(c):
     c.earlier_run()
     small = c.two_clients()
     return Case(["--data", str(small), "--resume"], ["checkpoint.h5", "another federation", str(small)],
-                existing_run=True, extra=["--rounds", "2"])
+                existing_run=True, extra=EARLIER_RUN)
 
 
 @case("--out is an existing file")
@@ -456,9 +463,9 @@ def _(c):
 
 @pytest.fixture(scope="module")
 def finished_run(federation, tmp_path_factory):
-    """A 2-round run with lr 0.1 on the 10-client federation; cases copy it before using it."""
+    """A 2-round run with lr 0.1 on the 10-client federation (B = ∞: quick); cases copy it before using it."""
     out = tmp_path_factory.mktemp("earlier") / "run"
-    train(3, federation(clients=10), out, "--rounds", "2", "--lr", "0.1", "--threads", "1", timeout=120)
+    train(3, federation(clients=10), out, *EARLIER_RUN, timeout=120)
     assert (out / "checkpoint.h5").is_file()
     return out
 

@@ -1,0 +1,195 @@
+"""Scaling studies: which runs a study makes, and one CSV row per finished run.
+
+    python -m fedmpi.scaling plan strong|weak --ranks 1,2,3,5 --out DIR [--per-worker c] -- FEDMPI FLAGS
+    python -m fedmpi.scaling gather DIR/p* -o results.csv [--study strong|weak] [--series LABEL] [--append]
+
+`jobs/scaling.sh` launches what `plan` prints and then calls `gather` and
+`python -m fedmpi.plot scaling`. Definitions (W = worker ranks = max(P-1, 1)):
+
+- strong scaling: fixed federation (K) and clients per round (m), P varies.
+  speedup S = T(base) / T(P), efficiency = S / (W / W_base).
+- weak scaling: m = c·W, so every worker trains c clients per round on
+  average. efficiency = T(base) / T(P), scaled speedup = efficiency · W / W_base.
+
+T is the median over rounds of the round's wall time at rank 0 (metrics.jsonl
+`time.seconds`); the base is the run with the fewest ranks. A round's time is
+split into `compute_s` (training + evaluation per worker, averaged over the
+workers), `wait_s` (the rest of rank 0's wait in the reduce: the slowest
+worker's excess over the average, plus the reduction itself), `bcast_s` and
+`server_s` (rank 0's own work: the update, metrics, checkpoints).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import tomllib
+from pathlib import Path
+
+from fedmpi.errors import FedMPIError
+from fedmpi.metrics import read_metrics
+
+COLUMNS = ["series", "study", "model", "ranks", "workers", "clients_per_round", "rounds_timed",
+           "round_s", "compute_s", "train_s", "eval_s", "wait_s", "bcast_s", "reduce_wait_s", "server_s",
+           "speedup", "efficiency", "run"]
+
+
+def workers(ranks: int) -> int:
+    return max(ranks - 1, 1)
+
+
+# ---- plan -------------------------------------------------------------------------------------
+def plan(study: str, ranks: list[int], out: Path, fedmpi_flags: list[str], per_worker: int | None) -> list[tuple]:
+    """[(ranks, run folder, extra fedmpi flags)] for a study; checks everything a run would refuse."""
+    from fedmpi.cli import parse_args
+    from fedmpi.config import FIELD_NAMES, build_config
+    from fedmpi.data import Federation
+
+    args = parse_args(fedmpi_flags)
+    cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
+    if out.exists() and any(out.iterdir()):
+        raise FedMPIError(f"{out} exists; a study writes a fresh folder (remove it or choose another --out)")
+    if not ranks or min(ranks) < 1:
+        raise FedMPIError("--ranks: give rank counts >= 1, e.g. 1,2,3,5,9")
+    k = Federation(cfg.data).num_clients
+    if max(workers(p) for p in ranks) > k:
+        raise FedMPIError(f"--ranks: {max(ranks)} ranks need more than the federation's {k} clients")
+    runs = []
+    for p in sorted(set(ranks)):
+        flags = ["--out", str(out / f"p{p:03d}")]
+        if study == "weak":
+            c = per_worker or 1
+            m = c * workers(p)
+            if m > k:
+                raise FedMPIError(f"weak scaling: {p} ranks x {c} clients per worker = {m} clients per round, "
+                                  f"but the federation has {k}")
+            flags += ["--fraction", repr(m / k)]
+        elif per_worker:
+            raise FedMPIError("--per-worker is for weak scaling; strong scaling keeps the config's fraction")
+        runs.append((p, out / f"p{p:03d}", flags))
+    return runs
+
+
+# ---- gather -----------------------------------------------------------------------------------
+def run_row(run: Path) -> dict | None:
+    """Median per-round timings of one finished run, or None if it has not finished."""
+    summary = run / "summary.json"
+    if not summary.is_file():
+        return None
+    ranks = json.loads(summary.read_text())["ranks"]
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    timed = [r for r in read_metrics(run) if "time" in r]
+    if not timed:
+        return None
+    w = workers(ranks)
+
+    def med(f):
+        return statistics.median(f(r["time"]) for r in timed)
+
+    compute = med(lambda t: (t["train_sum"] + t["eval_sum"]) / w)
+    reduce_wait = med(lambda t: t["reduce"])
+    return {
+        "model": cfg["model"], "ranks": ranks, "workers": w,
+        "clients_per_round": statistics.median(len(r["clients"]) for r in timed),
+        "rounds_timed": len(timed), "round_s": med(lambda t: t["seconds"]),
+        "compute_s": compute, "train_s": med(lambda t: t["train_sum"] / w),
+        "eval_s": med(lambda t: t["eval_sum"] / w),
+        "wait_s": max(med(lambda t: t["reduce"] - (t["train_sum"] + t["eval_sum"]) / w), 0.0),
+        "bcast_s": med(lambda t: t["bcast"]), "reduce_wait_s": reduce_wait,
+        "server_s": max(med(lambda t: t["seconds"] - t["bcast"] - t["reduce"]), 0.0),
+        "run": str(run),
+    }
+
+
+def gather(runs: list[Path], study: str | None = None, series: str | None = None) -> list[dict]:
+    rows = []
+    for run in runs:
+        row = run_row(Path(run))
+        if row is None:
+            print(f"fedmpi.scaling: {run}: no finished run (summary.json, timed rounds); left out", file=sys.stderr)
+        else:
+            rows.append(row)
+    if not rows:
+        raise FedMPIError("no finished runs to gather")
+    rows.sort(key=lambda r: r["ranks"])
+    ms = {r["clients_per_round"] for r in rows}
+    study = study or ("strong" if len(ms) == 1 else "weak")
+    base = rows[0]
+    for r in rows:
+        scale = r["workers"] / base["workers"]
+        ratio = base["round_s"] / r["round_s"]
+        r["speedup"], r["efficiency"] = (ratio, ratio / scale) if study == "strong" else (ratio * scale, ratio)
+        r["study"] = study
+        if series:
+            r["series"] = series
+        elif study == "strong":
+            r["series"] = f"strong {r['model']} m={base['clients_per_round']:g}"
+        else:
+            r["series"] = f"weak {r['model']} {base['clients_per_round'] / base['workers']:g}/worker"
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path, append: bool) -> None:
+    new = not (append and path.exists())
+    with open(path, "w" if new else "a", newline="") as f:
+        out = csv.DictWriter(f, COLUMNS)
+        if new:
+            out.writeheader()
+        for r in rows:
+            out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in COLUMNS:
+            if k not in ("series", "study", "model", "run"):
+                r[k] = float(r[k])
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m fedmpi.scaling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pl = sub.add_parser("plan", help="print one line per run: ranks<TAB>run folder<TAB>fedmpi flags")
+    pl.add_argument("study", choices=("strong", "weak"))
+    pl.add_argument("--ranks", required=True, help="comma-separated rank counts, e.g. 1,2,3,5,9")
+    pl.add_argument("--out", required=True, type=Path, help="study folder (run folders go in it)")
+    pl.add_argument("--per-worker", type=int, help="weak scaling: clients per worker per round (default 1)")
+    pl.add_argument("fedmpi_flags", nargs=argparse.REMAINDER, help="-- then the training flags (--config ...)")
+    ga = sub.add_parser("gather", help="one CSV row per finished run")
+    ga.add_argument("runs", nargs="+", type=Path)
+    ga.add_argument("-o", "--output", required=True, type=Path)
+    ga.add_argument("--study", choices=("strong", "weak"), help="default: strong if every run has the same m")
+    ga.add_argument("--series", help="label of these runs in the plot")
+    ga.add_argument("--append", action="store_true", help="add rows to an existing CSV (another series)")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "plan":
+            flags = args.fedmpi_flags[1:] if args.fedmpi_flags[:1] == ["--"] else args.fedmpi_flags
+            try:
+                ranks = [int(x) for x in args.ranks.replace(",", " ").split()]
+            except ValueError:
+                raise FedMPIError(f"--ranks: expected comma-separated integers, got {args.ranks!r}") from None
+            for ranks_, run, extra in plan(args.study, ranks, args.out, flags, args.per_worker):
+                print(f"{ranks_}\t{run}\t{' '.join(extra)}")
+        else:
+            rows = gather(args.runs, args.study, args.series)
+            write_csv(rows, args.output, args.append)
+            for r in rows:
+                print(f"{r['series']}: P={r['ranks']:>3} W={r['workers']:>3} round {r['round_s']:.3f} s "
+                      f"(compute {r['compute_s']:.3f}, wait {r['wait_s']:.3f}, bcast {r['bcast_s']:.4f}) "
+                      f"speedup {r['speedup']:.2f} efficiency {r['efficiency']:.2f}")
+            print(f"fedmpi.scaling: wrote {args.output}")
+    except FedMPIError as e:
+        print(f"fedmpi.scaling: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
