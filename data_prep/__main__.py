@@ -32,6 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.alpha is not None) != (args.partition == "dirichlet"):
         p.error("--alpha goes with --partition dirichlet, and only with it")
+    if args.seed < 0:
+        p.error(f"--seed {args.seed}: must be >= 0")
     if args.unbalance and args.partition != "iid":
         p.error("--unbalance goes with --partition iid only")
     return args

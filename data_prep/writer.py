@@ -25,8 +25,13 @@ TEST_FILE = "test.h5"
 
 def check_target(out: Path, overwrite: bool) -> None:
     """Refuse an existing `out`, or with `overwrite`, anything but an old federation or an empty folder
-    (so that a mistyped --out cannot delete unrelated files)."""
+    (so that a mistyped --out cannot delete unrelated files); and an `out` that cannot be made."""
     if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise FedMPIError(f"--out {out}: cannot be made, {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise FedMPIError(f"--out {out}: cannot be made, {parent} is not writable")
         return
     if not overwrite:
         raise FedMPIError(f"--out {out}: already exists; pass --overwrite to replace it")
