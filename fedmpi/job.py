@@ -59,6 +59,8 @@ def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation has only "
                           f"{fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
+    if comm.is_server:
+        check_run_folder(run_dir, overwrite)
     checkpoint = None
     if resume and (run_dir / CHECKPOINT).exists():
         checkpoint = load_checkpoint(run_dir, with_weights=comm.is_server)
@@ -69,6 +71,19 @@ def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     shards = load_shards(fed, comm.worker_index, comm.num_workers, device) if comm.is_worker else None
     return Setup(cfg, fed, device, run_dir, shards, checkpoint, fresh=checkpoint is None)
+
+
+def check_run_folder(run_dir: Path, overwrite: bool) -> None:
+    """--out must be a folder that can be made; --overwrite only ever replaces a run folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FedMPIError(f"--out {run_dir}: exists and is not a folder")
+    parent = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    if not parent.is_dir():
+        raise FedMPIError(f"--out {run_dir}: cannot be made, {parent} is a file")
+    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()) \
+            and not any((run_dir / name).exists() for name in ("config.toml", "metrics.jsonl", CHECKPOINT)):
+        raise FedMPIError(f"--out {run_dir}: not a fedmpi run folder (no config.toml or metrics.jsonl); "
+                          "--overwrite replaces run folders only")
 
 
 def train(setup: Setup, comm: Comm) -> int:
