@@ -1,11 +1,15 @@
 """Bad-input catalogue: every mistake a user can make in the config, the launch or the federation.
 
-Each case launches a real job (`mpiexec -n 3 python -m fedmpi ...`, the launch a user makes) and
-checks what the user sees: exit status 2, exactly one `fedmpi: error:` line on stderr that names
-the offending field or file, no traceback, nothing else on stdout or stderr, and nothing written:
-the run folder does not exist afterwards, or, where it existed before, it is byte for byte
-unchanged. Setup errors are agreed on by all ranks before the first collective (docs/architecture.md),
-so a shard that only one worker reads still gives one line from one rank.
+Each case launches a real job and checks what the user sees: exit status 2, exactly one
+`fedmpi: error:` line on stderr that names the offending field or file, no traceback, nothing else
+on stdout or stderr, an answer within seconds, and nothing written: the run folder does not exist
+afterwards, or, where it existed before, it is byte for byte unchanged.
+
+Every data mistake runs under `mpiexec -n 3` (a server and two workers), with the damage in a shard
+that only one worker reads: setup errors are agreed on by all ranks before the first collective
+(docs/architecture.md), so that still gives one line from one rank. Config mistakes, found alike by
+every rank before torch is imported, and --out mistakes, rank 0's alone, mostly run as one process
+without a launcher (`python -m fedmpi`), which is faster; a few of them run under mpiexec as well.
 
 Federations are copied into the test's tmp_path before being damaged: the `federation` fixture's
 folders are shared by the whole session.
@@ -22,15 +26,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from helpers import launch, train
 
 ERROR_LINE = re.compile(r"^fedmpi: (rank \d+: )?error: ")
 TIMEOUT_S = 60  # only guards against a hang
 FAST_S = 20     # a user error comes back in seconds (at most a torch import per rank), never after training
-# Config mistakes are found before torch is imported and alike on every rank: most of them run as
-# one process without a launcher (a third of the time); a few, and every data mistake, under mpiexec.
-CONFIG_RANKS = 0
+CONFIG_RANKS = 0  # no launcher: see above
 SHARD = "client-00003.h5"  # client 3 lives on worker 1 (rank 2) of 3 ranks: only that rank reads it
 
 
@@ -308,9 +311,10 @@ def _(c):
     return Case(["--data", str(c.two_clients())], ["only 2 clients", "at most 3 ranks"], ranks=4)
 
 
-@case("device cuda:0 not present")
+@case("device cuda:N not present")
 def _(c):
-    return Case(["--data", str(c.fed), "--device", "cuda:0"], ["'device'", "cuda:0", "not available"])
+    absent = f"cuda:{torch.cuda.device_count()}"  # cuda:0 on a machine without GPUs
+    return Case(["--data", str(c.fed), "--device", absent], ["'device'", f"'{absent}'"])
 
 
 @case("device tpu")
@@ -436,27 +440,33 @@ def _(c):
                 existing_run=True, extra=EARLIER_RUN)
 
 
+# --out problems are rank 0's alone; one process suffices (the agreement is the case above's)
+
 @case("--out is an existing file")
 def _(c):
     c.out.write_text("not a run folder\n")
-    return Case(["--data", str(c.fed)], [str(c.out), "Not a directory"], existing_run=True)
+    return Case(["--data", str(c.fed)], [str(c.out), "not a folder"], existing_run=True, ranks=0)
 
 
-@case("--out is an existing file, with --overwrite",
-      xfail="fedmpi/job.py: prepare() does not look at --out with --overwrite; train() then fails to replace "
-            "the file (rmtree(ignore_errors=True), mkdir: FileExistsError) with a traceback and MPI_Abort")
+@case("--out is an existing file, with --overwrite")
 def _(c):
     c.out.write_text("not a run folder\n")
-    return Case(["--data", str(c.fed), "--overwrite"], [str(c.out), "not a folder"], existing_run=True)
+    return Case(["--data", str(c.fed), "--overwrite"], [str(c.out), "not a folder"], existing_run=True, ranks=0)
 
 
-@case("--out inside a file",
-      xfail="fedmpi/job.py: prepare() does not check that --out can be made; train()'s mkdir fails after "
-            "setup (NotADirectoryError) with a traceback and MPI_Abort, exit 1")
+@case("--overwrite of a folder that is no run folder")
+def _(c):
+    c.out.mkdir()
+    (c.out / "thesis.tex").write_text("months of work\n")
+    return Case(["--data", str(c.fed), "--overwrite"], [str(c.out), "not a fedmpi run folder"],
+                existing_run=True, ranks=0)
+
+
+@case("--out inside a file")
 def _(c):
     blocker = c.tmp / "results"
     blocker.write_text("a file where the run folder's parent should be\n")
-    return Case(["--data", str(c.fed)], [str(blocker)], out=blocker / "run")
+    return Case(["--data", str(c.fed)], [str(blocker), "is a file"], out=blocker / "run", ranks=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -465,7 +475,7 @@ def _(c):
 def finished_run(federation, tmp_path_factory):
     """A 2-round run with lr 0.1 on the 10-client federation (B = ∞: quick); cases copy it before using it."""
     out = tmp_path_factory.mktemp("earlier") / "run"
-    train(3, federation(clients=10), out, *EARLIER_RUN, timeout=120)
+    train(0, federation(clients=10), out, *EARLIER_RUN, timeout=120)  # any rank count makes the same run
     assert (out / "checkpoint.h5").is_file()
     return out
 
