@@ -56,8 +56,8 @@ def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem."""
     fed = Federation(cfg.data)
     if comm.num_workers > fed.num_clients:
-        raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation has only "
-                          f"{fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
+        raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
+                          f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
     if comm.is_server:
         check_run_folder(run_dir, overwrite)
