@@ -60,7 +60,7 @@ def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
     if comm.is_server:
-        check_run_folder(run_dir, overwrite)
+        check_run_folder(run_dir, replace=overwrite or resume)
     checkpoint = None
     if resume and (run_dir / CHECKPOINT).exists():
         checkpoint = load_checkpoint(run_dir, with_weights=comm.is_server)
@@ -73,17 +73,17 @@ def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
     return Setup(cfg, fed, device, run_dir, shards, checkpoint, fresh=checkpoint is None)
 
 
-def check_run_folder(run_dir: Path, overwrite: bool) -> None:
-    """--out must be a folder that can be made; --overwrite only ever replaces a run folder."""
+def check_run_folder(run_dir: Path, replace: bool) -> None:
+    """--out must be a folder that can be made; --overwrite / --resume only ever replace a run folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FedMPIError(f"--out {run_dir}: exists and is not a folder")
     parent = next(p for p in [run_dir, *run_dir.parents] if p.exists())
     if not parent.is_dir():
         raise FedMPIError(f"--out {run_dir}: cannot be made, {parent} is a file")
-    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()) \
+    if replace and run_dir.is_dir() and any(run_dir.iterdir()) \
             and not any((run_dir / name).exists() for name in ("config.toml", "metrics.jsonl", CHECKPOINT)):
         raise FedMPIError(f"--out {run_dir}: not a fedmpi run folder (no config.toml or metrics.jsonl); "
-                          "--overwrite replaces run folders only")
+                          "--overwrite and --resume replace run folders only")
 
 
 def train(setup: Setup, comm: Comm) -> int:

@@ -462,6 +462,14 @@ def _(c):
                 existing_run=True, ranks=0)
 
 
+@case("--resume of a folder that is no run folder")
+def _(c):
+    c.out.mkdir()
+    (c.out / "thesis.tex").write_text("months of work\n")
+    return Case(["--data", str(c.fed), "--resume"], [str(c.out), "not a fedmpi run folder"],
+                existing_run=True, ranks=0)
+
+
 @case("--out inside a file")
 def _(c):
     blocker = c.tmp / "results"
