@@ -1,7 +1,7 @@
 """Scaling studies: which runs a study makes, and one CSV row per finished run.
 
     python -m fedmpi.scaling plan strong|weak --ranks 1,2,3,5 --out DIR [--per-worker c] -- FEDMPI FLAGS
-    python -m fedmpi.scaling gather DIR/p* -o results.csv [--study strong|weak] [--series LABEL] [--append]
+    python -m fedmpi.scaling gather DIR [RUN...] -o results.csv [--study strong|weak] [--series LABEL] [--append]
 
 `jobs/scaling.sh` launches what `plan` prints and then calls `gather` and
 `python -m fedmpi.plot scaling`. Definitions (W = worker ranks = max(P-1, 1)):
@@ -96,16 +96,29 @@ def run_row(run: Path) -> dict | None:
         "rounds_timed": len(timed), "round_s": med(lambda t: t["seconds"]),
         "compute_s": compute, "train_s": med(lambda t: t["train_sum"] / w),
         "eval_s": med(lambda t: t["eval_sum"] / w),
-        "wait_s": max(med(lambda t: t["reduce"] - (t["train_sum"] + t["eval_sum"]) / w), 0.0),
+        "wait_s": max(med(lambda t: t["reduce"] - (t["train_sum"] + t["eval_sum"]) / w * (ranks > 1)), 0.0),
         "bcast_s": med(lambda t: t["bcast"]), "reduce_wait_s": reduce_wait,
-        "server_s": max(med(lambda t: t["seconds"] - t["bcast"] - t["reduce"]), 0.0),
+        # With P = 1 the one rank trains between the broadcast and the reduce.
+        "server_s": max(med(lambda t: t["seconds"] - t["bcast"] - t["reduce"]
+                            - (t["train_sum"] + t["eval_sum"] if ranks == 1 else 0.0)), 0.0),
         "run": str(run),
     }
 
 
+def run_folders(paths: list[Path]) -> list[Path]:
+    """Run folders as given, and those inside a study folder (one without a config.toml of its own)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / "config.toml").exists():
+            found += sorted(p for p in path.iterdir() if (p / "config.toml").is_file())
+        else:
+            found.append(path)
+    return found
+
+
 def gather(runs: list[Path], study: str | None = None, series: str | None = None) -> list[dict]:
     rows = []
-    for run in runs:
+    for run in run_folders(runs):
         row = run_row(Path(run))
         if row is None:
             print(f"fedmpi.scaling: {run}: no finished run (summary.json, timed rounds); left out", file=sys.stderr)
@@ -160,17 +173,16 @@ def main(argv: list[str]) -> int:
     pl.add_argument("--ranks", required=True, help="comma-separated rank counts, e.g. 1,2,3,5,9")
     pl.add_argument("--out", required=True, type=Path, help="study folder (run folders go in it)")
     pl.add_argument("--per-worker", type=int, help="weak scaling: clients per worker per round (default 1)")
-    pl.add_argument("fedmpi_flags", nargs=argparse.REMAINDER, help="-- then the training flags (--config ...)")
     ga = sub.add_parser("gather", help="one CSV row per finished run")
-    ga.add_argument("runs", nargs="+", type=Path)
+    ga.add_argument("runs", nargs="+", type=Path, help="run folders, or study folders holding them")
     ga.add_argument("-o", "--output", required=True, type=Path)
     ga.add_argument("--study", choices=("strong", "weak"), help="default: strong if every run has the same m")
     ga.add_argument("--series", help="label of these runs in the plot")
     ga.add_argument("--append", action="store_true", help="add rows to an existing CSV (another series)")
-    args = p.parse_args(argv)
+    flags = argv[argv.index("--") + 1:] if "--" in argv else []  # plan: the training flags after --
+    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         if args.command == "plan":
-            flags = args.fedmpi_flags[1:] if args.fedmpi_flags[:1] == ["--"] else args.fedmpi_flags
             try:
                 ranks = [int(x) for x in args.ranks.replace(",", " ").split()]
             except ValueError:

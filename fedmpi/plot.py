@@ -1,0 +1,117 @@
+"""Plots from run folders and scaling CSVs (matplotlib, no display needed).
+
+    python -m fedmpi.plot runs/a runs/b -o accuracy.png          # test accuracy vs round
+    python -m fedmpi.plot scaling results.csv [more.csv] -o scaling.png [--cores N]
+
+The scaling figure has three panels: speedup and parallel efficiency against
+ranks (one line per series of `python -m fedmpi.scaling gather`), and
+the split of the median round time of each run of the first series.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedmpi.errors import FedMPIError  # noqa: E402
+from fedmpi.metrics import read_metrics  # noqa: E402
+from fedmpi.scaling import read_csv  # noqa: E402
+
+PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker + reduce"),
+         ("bcast_s", "broadcast"), ("server_s", "server update, logging")]
+
+
+def plot_accuracy(runs: list[Path], out: Path, title: str | None = None) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        points = [(r["round"], 100 * r["test_accuracy"]) for r in read_metrics(run) if "test_accuracy" in r]
+        if not points:
+            raise FedMPIError(f"{run}: no evaluated rounds in metrics.jsonl")
+        ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=Path(run).name)
+    ax.set_xlabel("communication round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "FedAvg test accuracy")
+    _save(fig, out)
+
+
+def plot_scaling(csvs: list[Path], out: Path, cores: int | None = None, title: str | None = None) -> None:
+    rows = [r for path in csvs for r in read_csv(path)]
+    if not rows:
+        raise FedMPIError(f"{', '.join(map(str, csvs))}: no rows")
+    series = list(dict.fromkeys(r["series"] for r in rows))
+    fig, (ax_s, ax_e, ax_t) = plt.subplots(1, 3, figsize=(15, 4.4))
+    for name in series:
+        sr = sorted((r for r in rows if r["series"] == name), key=lambda r: r["ranks"])
+        p = [r["ranks"] for r in sr]
+        ax_s.plot(p, [r["speedup"] for r in sr], marker="o", label=name)
+        ax_e.plot(p, [r["efficiency"] for r in sr], marker="o", label=name)
+    p = sorted({r["ranks"] for r in rows})
+    base = min(rows, key=lambda r: r["ranks"])["workers"]
+    ax_s.plot(p, [max(x - 1, 1) / base for x in p], "k:", lw=1, label="ideal (W / W_base)")
+    for ax in (ax_s, ax_e):
+        if cores:
+            ax.axvline(cores + 1, color="grey", ls="--", lw=1, label=f"{cores} cores = {cores} workers")
+        ax.set_xlabel("MPI ranks P (W = P - 1 workers; P = 1: one process)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    ax_s.set_ylabel("speedup (weak: scaled speedup)")
+    ax_e.set_ylabel("parallel efficiency")
+    ax_e.set_ylim(0, max(1.1, max(r["efficiency"] for r in rows) * 1.05))
+    ax_s.legend(fontsize=8)
+    ax_e.legend(fontsize=8)
+    first = sorted((r for r in rows if r["series"] == series[0]), key=lambda r: r["ranks"])
+    labels = [f"P={r['ranks']:g}" for r in first]
+    bottom = [0.0] * len(first)
+    for key, label in PARTS:
+        values = [r[key] for r in first]
+        ax_t.bar(labels, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax_t.set_ylabel("median seconds per round")
+    ax_t.set_title(f"round time split: {series[0]}", fontsize=10)
+    ax_t.legend(fontsize=8)
+    fig.suptitle(title or "FedAvg scaling (median round time)")
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"fedmpi.plot: wrote {out}")
+
+
+def main(argv: list[str]) -> int:
+    scaling = argv[:1] == ["scaling"]
+    p = argparse.ArgumentParser(
+        prog="python -m fedmpi.plot" + (" scaling" if scaling else ""),
+        description="scaling plot from CSVs of python -m fedmpi.scaling gather" if scaling else
+        "test accuracy vs round of run folders (python -m fedmpi.plot scaling CSV... for scaling plots)")
+    p.add_argument("inputs", nargs="+", type=Path, help="CSV files" if scaling else "run folders")
+    p.add_argument("-o", "--output", required=True, type=Path, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--title")
+    if scaling:
+        p.add_argument("--cores", type=int, help="mark the machine's core count")
+    args = p.parse_args(argv[1:] if scaling else argv)
+    try:
+        if scaling:
+            plot_scaling(args.inputs, args.output, args.cores, args.title)
+        else:
+            plot_accuracy(args.inputs, args.output, args.title)
+    except FedMPIError as e:
+        print(f"fedmpi.plot: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, KeyError, ValueError) as e:
+        print(f"fedmpi.plot: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
