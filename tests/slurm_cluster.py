@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -77,6 +78,11 @@ class SlurmCluster:
         # 3 ranks (server + 2 workers) with --ntasks-per-node on a 2-core machine (sbatch refuses
         # --overcommit together with --ntasks-per-node). slurmd takes the declared count as given.
         self.cpus = 2 * (os.cpu_count() or 1)
+        # Job ids start at a random number: pip's MPICH names its shared-memory segment after the
+        # PMI job id (srun --mpi=pmi2: JOBID.STEPID), and a segment left in /dev/shm by a killed
+        # step makes the next step with the same ids spin forever in MPI_Init. Every fresh cluster
+        # starting at job 1 would meet the leftovers of earlier ones (or of a concurrent session).
+        self.first_job_id = random.randrange(100_000, 60_000_000)
         # A requeued job may start again cred_expire seconds later (default 120 s), at the next
         # scheduling pass (sched_interval, bf_interval: 60 s and 30 s by default; 1 s here).
         self.requeue_delay = 5
@@ -86,6 +92,7 @@ class SlurmCluster:
 
     # ---- start -------------------------------------------------------------------------------
     def start(self, timeout: float = 30) -> "SlurmCluster":
+        self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._start_munge()
             self._write_conf()
@@ -126,6 +133,7 @@ class SlurmCluster:
         (d / "spool").mkdir(exist_ok=True)
         self.conf.write_text(f"""\
 ClusterName=fedmpitest
+FirstJobId={self.first_job_id}
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
@@ -145,7 +153,7 @@ SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 SlurmdParameters=config_overrides
 ReturnToService=2
-KillWait=5
+KillWait=15
 MinJobAge=300
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
@@ -198,6 +206,7 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             if info.get("JobState") in states:
                 return info
             if time.monotonic() > deadline:
+                self.run("scancel", job_id, check=False)  # so that it does not hold the node for later jobs
                 raise AssertionError(f"job {job_id} still {info.get('JobState')} after {timeout} s:\n"
                                      f"{info}\n{self.logs()}")
             time.sleep(interval)
@@ -254,7 +263,6 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="fedmpi-slurm-"))
-    folder.mkdir(parents=True, exist_ok=True)
     reason = unavailable()
     if reason:
         sys.exit(f"slurm_cluster: {reason}")

@@ -1,0 +1,221 @@
+"""jobs/ on a real one-node SLURM (munged + slurmctld + slurmd, see slurm_cluster.py): a training job
+runs a config to the end; USR1 makes it checkpoint, requeue itself and resume to the weights of a run
+that never stopped (with srun and with pip's mpiexec); scancel leaves a checkpoint and no requeue;
+prep -> train -> plot and a scaling study run as dependent jobs. Skipped where SLURM is not installed, unless CI is set: then that is a failure.
+
+Also, without SLURM: the scaling CSV's speedup/efficiency arithmetic and both plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmpi.metrics import read_metrics
+from fedmpi.scaling import gather, plan, read_csv, write_csv
+from helpers import PYTHON, final_weights
+from slurm_cluster import SlurmCluster, unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ROOT / "jobs"
+SIZES = ["--ntasks-per-node=3", "--cpus-per-task=1"]  # server + 2 workers, 1 thread each
+JOB_TIMEOUT = 150  # seconds; a tiny job takes ~10 s on an idle 2-core machine
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory, request):
+    reason = unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the SLURM tests must run, but: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    request.addfinalizer(cluster.stop)  # runs even when start() or a test fails
+    return cluster.start()
+
+
+def job_env(**extra) -> dict:
+    """The environment sbatch exports to the job: this venv's python and mpiexec first on PATH."""
+    return {"PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def submit(slurm, *args, cwd: Path, **env) -> str:
+    return slurm.run("sbatch", "--parsable", *args, cwd=cwd, env=job_env(**env)).stdout.strip().split(";")[0]
+
+
+def job_log(slurm, job_id: str) -> str:
+    path = Path(slurm.job(job_id)["StdOut"])
+    return path.read_text() if path.exists() else f"(no log at {path})"
+
+
+def wait_done(slurm, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
+    info = slurm.wait_job(job_id, timeout)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", \
+        f"job {job_id}: {info['JobState']} exit {info['ExitCode']}\n{job_log(slurm, job_id)}\n{slurm.logs()}"
+    return info
+
+
+def write_config(path: Path, fed: Path, out: Path, rounds: int = 6) -> Path:
+    path.write_text(f'data = "{fed}"\nmodel = "2nn"\nfraction = 0.2\nepochs = 1\nbatch_size = 50\n'
+                    f'lr = 0.1\nrounds = {rounds}\nseed = 3\nout = "{out}"\n')
+    return path
+
+
+def comparable(run_dir):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, federation, tmp_path_factory):
+    """A job from jobs/fedavg.sbatch (srun) that runs to the end: (run folder, its log)."""
+    d = tmp_path_factory.mktemp("sbatch")
+    config = write_config(d / "tiny.toml", federation(clients=10), d / "run")
+    started = time.monotonic()
+    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=d)
+    wait_done(slurm, job)
+    print(f"sbatch fedavg.sbatch: submit -> COMPLETED in {time.monotonic() - started:.1f} s")
+    return d / "run", job_log(slurm, job)
+
+
+def test_fedavg_sbatch_trains_a_config_to_the_end(uninterrupted):
+    run, log = uninterrupted
+    assert "srun --mpi=pmi2" in log
+    assert "3 rank(s), 2 worker(s), device cpu, 1 thread(s)/rank" in log  # threads from SLURM_CPUS_PER_TASK
+    assert [r["round"] for r in read_metrics(run)] == list(range(7))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ranks"] == 3 and summary["final_test_accuracy"] > 0.8
+    assert (run / "model.pt").is_file() and (run / "config.toml").is_file()
+
+
+def start_and_wait_for_round_1(slurm, fed, tmp_path, **env) -> str:
+    config = write_config(tmp_path / "tiny.toml", fed, tmp_path / "run")
+    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=tmp_path, **env)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not any(r["round"] >= 1 for r in read_metrics(tmp_path / "run")):
+        info = slurm.job(job)
+        assert info["JobState"] in ("PENDING", "RUNNING"), f"{info}\n{job_log(slurm, job)}"
+        assert time.monotonic() < deadline, f"round 1 not reached in {JOB_TIMEOUT} s\n{job_log(slurm, job)}"
+        time.sleep(0.2)
+    return job
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_usr1_checkpoints_requeues_and_resumes_to_the_weights_of_an_uninterrupted_run(
+        launcher, slurm, federation, uninterrupted, tmp_path):
+    """What `#SBATCH --signal=B:USR1@120` does near the time limit, sent at once instead."""
+    job = start_and_wait_for_round_1(slurm, federation(clients=10), tmp_path, FEDMPI_LAUNCHER=launcher)
+    slurm.run("scancel", "--batch", "--signal=USR1", job)
+    info = wait_done(slurm, job)
+    log = job_log(slurm, job)
+    assert info["Restarts"] == "1", log
+    assert "stop requested; checkpoint of round" in log and "(exit 75); requeueing" in log, log
+    resumed_at = int(re.search(r"resuming at round (\d+)", log).group(1))
+    assert 1 < resumed_at < 6, log
+    assert log.count(f"{launcher} ") >= 2 and "start 2 on" in log, log
+    np.testing.assert_array_equal(final_weights(tmp_path / "run"), final_weights(uninterrupted[0]))
+    assert comparable(tmp_path / "run") == comparable(uninterrupted[0])
+
+
+def test_scancel_leaves_a_checkpoint_and_the_job_stays_cancelled(slurm, federation, tmp_path):
+    """SIGTERM also checkpoints, but must not requeue: scontrol requeue would undo the scancel."""
+    job = start_and_wait_for_round_1(slurm, federation(clients=10), tmp_path)
+    slurm.run("scancel", job)
+    info = slurm.wait_job(job, JOB_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while "not requeued" not in job_log(slurm, job) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the batch shell may still be writing its last line
+    log = job_log(slurm, job)
+    assert "stop requested; checkpoint of round" in log and "not requeued" in log, log
+    time.sleep(2)  # a requeue would have made it PENDING within milliseconds
+    info = slurm.job(job)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
+    assert (tmp_path / "run" / "checkpoint.h5").is_file() and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_pipeline_runs_prep_then_train_then_plot_as_dependent_jobs(slurm, tmp_path):
+    config = write_config(tmp_path / "tiny.toml", Path("unused"), Path("unused"), rounds=2)
+    data, run = tmp_path / "data" / "fed", tmp_path / "runs" / "tiny"
+    r = slurm.run(str(JOBS / "pipeline.sh"), str(config), str(data), str(run),
+                  "--dataset", "mnist", "--partition", "iid", "--clients", "10", "--", "--seed", "1",
+                  cwd=tmp_path, env=job_env(FEDMPI_TRAIN_SBATCH=" ".join(SIZES)))
+    ids = dict(re.findall(r"(prep|train|plot) (\d+)", r.stdout))
+    assert set(ids) == {"prep", "train", "plot"}, r.stdout + r.stderr
+    plot = wait_done(slurm, ids["plot"], timeout=2 * JOB_TIMEOUT)
+    prep, train = wait_done(slurm, ids["prep"]), wait_done(slurm, ids["train"])
+    assert prep["EndTime"] <= train["StartTime"] and train["EndTime"] <= plot["StartTime"]
+    assert (data / "manifest.json").is_file()
+    assert "seed = 1" in (run / "config.toml").read_text()  # the flags after -- reach fedmpi
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 2
+    assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_sh_runs_each_rank_count_as_a_job_then_gathers_and_plots(slurm, federation, tmp_path):
+    config = write_config(tmp_path / "tiny.toml", federation(clients=10), tmp_path / "unused", rounds=3)
+    study = tmp_path / "study"
+    r = slurm.run(str(JOBS / "scaling.sh"), "strong", "--ranks", "1,3", "--tasks-per-node", "3",
+                  "--sbatch", "--cpus-per-task=1", "--out", str(study), str(config),
+                  cwd=tmp_path, env=job_env())
+    gather_job = re.search(r"gather \+ plot: job (\d+)", r.stdout)
+    assert gather_job, r.stdout + r.stderr
+    wait_done(slurm, gather_job.group(1), timeout=2 * JOB_TIMEOUT)
+    rows = read_csv(study / "results.csv")
+    assert [(r["ranks"], r["workers"], r["clients_per_round"]) for r in rows] == [(1, 1, 2), (3, 2, 2)]
+    assert rows[0]["speedup"] == 1 and all(r["round_s"] > 0 for r in rows)
+    assert (study / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- without SLURM: the scaling arithmetic and the plots ---------------------------------------
+def fake_run(folder: Path, ranks: int, m: int, seconds: list[float], train_sum: float) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text('model = "2nn"\n')
+    (folder / "summary.json").write_text(json.dumps({"ranks": ranks}))
+    records = [{"round": 0, "test_accuracy": 0.1}] + [
+        {"round": i + 1, "clients": list(range(m)), "test_accuracy": 0.5 + 0.1 * i,
+         "time": {"seconds": s, "bcast": 0.01, "reduce": s - 0.02, "train_sum": train_sum, "eval_sum": 0.0}}
+        for i, s in enumerate(seconds)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_gather_takes_median_round_times_and_computes_speedup_and_efficiency(tmp_path):
+    fake_run(tmp_path / "s" / "p001", 1, 4, [2.0, 9.0, 2.0], 1.9)     # median 2.0: the 9 s outlier drops out
+    fake_run(tmp_path / "s" / "p003", 3, 4, [1.0, 1.0, 1.25], 1.8)
+    fake_run(tmp_path / "s" / "p005", 5, 4, [0.8, 0.8, 0.8], 1.6)
+    (tmp_path / "s" / "p009").mkdir()                                  # unfinished: left out
+    (tmp_path / "s" / "p009" / "config.toml").write_text('model = "2nn"\n')
+    rows = gather([tmp_path / "s"])
+    assert [r["study"] for r in rows] == ["strong"] * 3
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 2.0, 2.5])
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 1.0, 0.625])   # speedup / (W / 1)
+    assert rows[1]["compute_s"] == pytest.approx(0.9) and rows[1]["wait_s"] == pytest.approx(0.08)
+    write_csv(rows, tmp_path / "r.csv", append=False)
+    weak = gather([fake_run(tmp_path / "w" / "p002", 2, 2, [1.0], 1.0),
+                   fake_run(tmp_path / "w" / "p005", 5, 8, [1.25], 4.0)])
+    assert weak[1]["study"] == "weak" and weak[1]["efficiency"] == pytest.approx(0.8)
+    assert weak[1]["speedup"] == pytest.approx(3.2)                             # efficiency · W / W_base
+    write_csv(weak, tmp_path / "r.csv", append=True)
+    assert [r["series"] for r in read_csv(tmp_path / "r.csv")] == ["strong 2nn m=4"] * 3 + ["weak 2nn 2/worker"] * 2
+
+    from fedmpi.plot import main as plot
+    assert plot(["scaling", str(tmp_path / "r.csv"), "-o", str(tmp_path / "s.png"), "--cores", "2"]) == 0
+    assert plot([str(tmp_path / "s" / "p001"), str(tmp_path / "s" / "p003"), "-o", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 10_000 and (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_scaling_plan_sets_weak_fractions_and_refuses_what_a_run_would(federation, tmp_path):
+    flags = ["--data", str(federation(clients=10)), "--rounds", "2"]
+    runs = plan("weak", [1, 3, 5], tmp_path / "weak", flags, per_worker=2)
+    assert [(p, extra[-1]) for p, _, extra in runs] == [(1, "0.2"), (3, "0.4"), (5, "0.8")]
+    assert [p for p, _, _ in plan("strong", [3, 1], tmp_path / "strong", flags, None)] == [1, 3]
+    from fedmpi.errors import FedMPIError
+    with pytest.raises(FedMPIError, match="clients per round"):
+        plan("weak", [9], tmp_path / "w2", flags, per_worker=2)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "p001").mkdir()
+    with pytest.raises(FedMPIError, match="exists"):
+        plan("strong", [1], tmp_path / "used", flags, None)
