@@ -62,6 +62,9 @@ def user_message(error: BaseException) -> str | None:
 
 
 def main(argv=None) -> int:
+    from fedmpi.signals import StopRequests
+
+    stops = StopRequests()  # first: a SLURM signal during the imports must not kill the job
     from fedmpi.comm import Comm
     from fedmpi.config import build_config
     from fedmpi.data import Federation
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
             print(f"fedmpi: error: {message or error}", file=sys.stderr, flush=True)
         return 2
     try:
-        return train(setup, comm)
+        return train(setup, comm, stops)
     except FedMPIError as e:
         print(f"fedmpi: rank {comm.rank}: error: {e}", file=sys.stderr, flush=True)
         comm.abort(2)

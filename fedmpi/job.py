@@ -86,7 +86,7 @@ def check_run_folder(run_dir: Path, replace: bool) -> None:
                           "--overwrite and --resume replace run folders only")
 
 
-def train(setup: Setup, comm: Comm) -> int:
+def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     """The round loop; returns the exit status (0, or the stop request's).
 
     Step t broadcasts [w_t | command], evaluates w_t if due, trains round t+1
@@ -95,7 +95,6 @@ def train(setup: Setup, comm: Comm) -> int:
     from fedmpi.server import Server
 
     cfg, fed = setup.cfg, setup.fed
-    stops = StopRequests()
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     flat = FlatModel(build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed), setup.device)
     packet = np.zeros(flat.dim + 1, dtype=np.float32)  # [weights | command]

@@ -126,3 +126,15 @@ def test_a_stop_signal_checkpoints_and_exits_with_a_requeue_status(sig, status, 
     assert (out / "checkpoint.h5").exists() and not (out / "checkpoint.h5.tmp").exists()
     assert not (out / "model.pt").exists()
     assert_resumes_to(uninterrupted, federation(), out, ranks=2)
+
+
+def test_a_stop_signal_during_startup_still_checkpoints(uninterrupted, federation, tmp_path):
+    """SLURM may signal a job that is still importing torch; it must not die without a checkpoint."""
+    out = tmp_path / "run"
+    proc = start_job(3, federation(), out, *FLAGS)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75, stdout + stderr
+    assert "stop requested; checkpoint of round 1" in stdout
+    assert_resumes_to(uninterrupted, federation(), out, ranks=3)
