@@ -75,9 +75,9 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
-        Federation(cfg.data)  # a wrong --data or a bad manifest, too, costs no torch import
+        fed = Federation(cfg.data)  # read before torch is imported: a bad --data costs no torch import
         from fedmpi.job import prepare, train
-        setup = prepare(cfg, comm, args.overwrite, args.resume)
+        setup = prepare(cfg, fed, comm, args.overwrite, args.resume)
     except Exception as e:  # agreed on below, so that no rank waits for one that failed
         error = e
     first = comm.first_failing_rank(error is not None)

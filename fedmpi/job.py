@@ -52,9 +52,8 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
     return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
 
 
-def prepare(cfg: RunConfig, comm: Comm, overwrite: bool, resume: bool) -> Setup:
+def prepare(cfg: RunConfig, fed: Federation, comm: Comm, overwrite: bool, resume: bool) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem."""
-    fed = Federation(cfg.data)
     if comm.num_workers > fed.num_clients:
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")

@@ -45,11 +45,15 @@ class Worker:
         norm = fed.manifest["normalize"]
         self.normalize = Normalizer(norm["mean"], norm["std"], flat.weights.device)
         self.start = torch.empty_like(flat.weights)
+        # float64 copies made once per round, not per client: w_k − w_t in float64 is exact.
+        self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)
+        self.delta64 = torch.empty_like(self.start64)
 
     def step(self, weights: np.ndarray, round_: int | None, sampled: np.ndarray, evaluate_now: bool,
              sums: RoundSums) -> None:
         """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`."""
         self.start.copy_(torch.from_numpy(weights))
+        self.start64.copy_(self.start)
         if evaluate_now:
             t = time.perf_counter()
             self.flat.weights.copy_(self.start)
@@ -71,7 +75,7 @@ class Worker:
         self.flat.weights.copy_(self.start)
         loss = local_update(self.flat, x, y, self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,
                             client_generator(self.cfg.seed, round_, k), self.normalize)
-        delta = self.flat.weights.double() - self.start.double()
+        delta = self.delta64.copy_(self.flat.weights).sub_(self.start64)
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
             if self.cfg.on_bad_update == "abort":
                 raise FedMPIError(f"round {round_}: client {k} produced a non-finite update (NaN/Inf); "

@@ -454,20 +454,17 @@ def _(c):
     return Case(["--data", str(c.fed), "--overwrite"], [str(c.out), "not a folder"], existing_run=True, ranks=0)
 
 
-@case("--overwrite of a folder that is no run folder")
-def _(c):
-    c.out.mkdir()
-    (c.out / "thesis.tex").write_text("months of work\n")
-    return Case(["--data", str(c.fed), "--overwrite"], [str(c.out), "not a fedmpi run folder"],
-                existing_run=True, ranks=0)
+def folder_that_is_no_run(flag):
+    def build(c):
+        c.out.mkdir()
+        (c.out / "thesis.tex").write_text("months of work\n")
+        return Case(["--data", str(c.fed), flag], [str(c.out), "not a fedmpi run folder"],
+                    existing_run=True, ranks=0)
+    return build
 
 
-@case("--resume of a folder that is no run folder")
-def _(c):
-    c.out.mkdir()
-    (c.out / "thesis.tex").write_text("months of work\n")
-    return Case(["--data", str(c.fed), "--resume"], [str(c.out), "not a fedmpi run folder"],
-                existing_run=True, ranks=0)
+for _flag in ("--overwrite", "--resume"):
+    case(f"{_flag} of a folder that is no run folder")(folder_that_is_no_run(_flag))
 
 
 @case("--out inside a file")
