@@ -5,8 +5,9 @@
 - sequential reference: one process, default torch threads, the round's
   clients trained one after the other with torch.optim.SGD, then averaged;
   no MPI, no fedmpi code but the data reader and the model builder.
-- compute floor: the same clients trained with fedmpi's own local_update,
-  one process per core (1 thread each), no communication, no evaluation.
+- compute floor: the same clients trained with fedmpi's own training code
+  (local_update, or fedmpi.stacked for MLPs, as the workers do), one process
+  per core (1 thread each), no communication, no evaluation.
 - fedmpi: `mpiexec -n P python -m fedmpi ...`, per-round seconds from
   metrics.jsonl (median over rounds 2..T), split into broadcast / reduce-wait
   / training / evaluation, and each rank's peak memory (VmHWM).
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from fedmpi.data import Federation
 from fedmpi.fedavg import Normalizer, FlatModel, client_generator, local_update, plan_round
+from fedmpi.stacked import StackedMLP, stackable
 from fedmpi.models import build_model
 
 CONFIGS = {
@@ -88,12 +90,17 @@ def _floor_worker(args):
     plans = round_clients(fed, rounds)
     data = {int(k): tuple(map(torch.from_numpy, fed.load_client(int(k)))) for p in plans for k in p[part::parts]}
     times = []
+    stacked = StackedMLP(flat) if stackable(flat) else None
     for r, clients in enumerate(plans, start=1):
         start = time.perf_counter()
-        for k in clients[part::parts]:
+        mine = [int(k) for k in clients[part::parts]]
+        if stacked:  # as fedmpi's workers train MLPs: all their clients at once
+            stacked.train(start_weights, [data[k] for k in mine], [client_generator(SEED, r, k) for k in mine],
+                          cfg["epochs"], cfg["batch_size"], cfg["lr"], norm)
+        for k in [] if stacked else mine:
             flat.weights.copy_(start_weights)
-            local_update(flat, *data[int(k)], cfg["epochs"], cfg["batch_size"], cfg["lr"],
-                         client_generator(SEED, r, int(k)), norm)
+            local_update(flat, *data[k], cfg["epochs"], cfg["batch_size"], cfg["lr"],
+                         client_generator(SEED, r, k), norm)
         times.append(time.perf_counter() - start)
     return times
 

@@ -199,7 +199,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         except (OSError, EOFError) as e:
             raise FedMPIError(f"{path}: not a readable gzip file ({e})") from None
     if len(data) < 4 + 4 * ndim or data[:4] != bytes([0, 0, 8, ndim]):
-        raise FedMPIError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {data[:4].hex()})")
+        raise FedMPIError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) "
+                          f"(magic {data[:4].hex()})")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if body.size != np.prod(shape):

@@ -29,6 +29,7 @@ FLAG_HELP = {
     "on_bad_update": "abort | skip: what a client's NaN/Inf update does",
     "device": "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
     "threads": "torch threads per rank (0 = node cores / worker ranks on the node)",
+    "target_accuracy": "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
 }
 
 

@@ -40,6 +40,7 @@ class RunConfig:
     on_bad_update: str = "abort"  # abort | skip: what a non-finite client update does
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     threads: int = 0            # torch threads per rank; 0 = cores / worker ranks on the node
+    target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -52,7 +53,7 @@ class RunConfig:
 FIELD_NAMES = [f.name for f in fields(RunConfig)]
 # Fields that do not change the computed result; a resumed run may differ in them
 # (the federation itself is pinned by its manifest sha256, not by its path).
-NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds"}
+NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy"}
 
 
 def _parse_batch_size(value):
@@ -90,25 +91,26 @@ def build_config(toml_path: str | None, overrides: dict) -> RunConfig:
     return cfg
 
 
-def read_toml(path: str) -> dict:
+def read_toml(path: str, what: str = "config file", check_keys: bool = True) -> dict:
+    """The TOML file's table; with check_keys, every key must be a RunConfig field."""
     p = Path(path)
     if not p.exists():
-        raise FedMPIError(f"config file {path}: not found")
+        raise FedMPIError(f"{what} {path}: not found")
     if not p.is_file():
-        raise FedMPIError(f"config file {path}: not a file")
+        raise FedMPIError(f"{what} {path}: not a file")
     try:
         values = tomllib.loads(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise FedMPIError(f"config file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise FedMPIError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
-        raise FedMPIError(f"config file {path}: TOML syntax error: {e}") from None
+        raise FedMPIError(f"{what} {path}: TOML syntax error: {e}") from None
     except OSError as e:
-        raise FedMPIError(f"config file {path}: cannot read: {e.strerror}") from None
-    for key in values:
+        raise FedMPIError(f"{what} {path}: cannot read: {e.strerror}") from None
+    for key in values if check_keys else ():
         if key not in FIELD_NAMES:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise FedMPIError(f"config file {path}: unknown key '{key}'{hint}")
+            raise FedMPIError(f"{what} {path}: unknown key '{key}'{hint}")
     return values
 
 
@@ -140,6 +142,8 @@ def validate(cfg: RunConfig) -> None:
         bad("checkpoint_every", f"must be >= 0, got {cfg.checkpoint_every}")
     if cfg.on_bad_update not in BAD_UPDATE_POLICIES:
         bad("on_bad_update", f"choose one of {', '.join(BAD_UPDATE_POLICIES)}, got '{cfg.on_bad_update}'")
+    if not (math.isfinite(cfg.target_accuracy) and 0.0 <= cfg.target_accuracy <= 1.0):
+        bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
     if cfg.threads < 0:
         bad("threads", f"must be >= 0 (0 = automatic), got {cfg.threads}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

@@ -25,6 +25,8 @@ from fedmpi.models import build_model
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.worker import Worker, load_shards
 
+TARGET_REACHED = -1  # broadcast command: the last evaluated weights reached cfg.target_accuracy
+
 
 @dataclass
 class Setup:
@@ -89,7 +91,8 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     """The round loop; returns the exit status (0, or the stop request's).
 
     Step t broadcasts [w_t | command], evaluates w_t if due, trains round t+1
-    and reduces. A non-zero command tells every rank to stop with that status.
+    and reduces. A non-zero command tells every rank to stop with that status,
+    or (TARGET_REACHED) to finish normally with w_t.
     """
     from fedmpi.server import Server
 
@@ -119,6 +122,8 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()
         bcast_seconds = comm.bcast(packet)
+        if packet[-1] == TARGET_REACHED:
+            break
         if packet[-1]:
             return _stopped(int(packet[-1]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
@@ -134,7 +139,9 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
                 "seconds": round(time.perf_counter() - started, 6), "bcast": round(bcast_seconds, 6),
                 "reduce": round(reduce_seconds, 6), "train_sum": round(sums["train_seconds"], 6),
                 "eval_sum": round(sums["eval_seconds"], 6)})
-            if (sums["interrupt_requests"] or sums["requeue_requests"]) and step < cfg.rounds:
+            if server.target_round is not None:
+                packet[-1] = TARGET_REACHED
+            elif (sums["interrupt_requests"] or sums["requeue_requests"]) and step < cfg.rounds:
                 server.checkpoint(step + 1)
                 packet[-1] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
     if server:

@@ -35,12 +35,26 @@ def build_model(name: str, image_shape, num_classes: int, seed: int) -> nn.Modul
 
     Contract (used by tests and by resume): w_0 is what torch's default
     initialisation draws right after `torch.manual_seed(seed)`; conv weights
-    are then stored channels_last (same values, other memory order).
+    are then stored channels_last, and an MLP's Linear weights input-major
+    (same values, other memory order).
     """
     torch.manual_seed(seed)
     model = REGISTRY[name](tuple(image_shape), num_classes)
+    if is_mlp(model):
+        # Input-major weights (W^T contiguous): x @ W^T is then the plain product that
+        # fedmpi.stacked batches, so a client trained alone or stacked rounds alike.
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.data = m.weight.data.t().contiguous().t()
     # NHWC convolutions are ~22 % faster on CPU (oneDNN) at the paper's batch sizes.
     return model.to(memory_format=torch.channels_last)
+
+
+def is_mlp(model: nn.Module) -> bool:
+    """Flatten, then Linear and ReLU layers only (the 2NN)."""
+    layers = list(model) if isinstance(model, nn.Sequential) else []
+    return len(layers) > 1 and isinstance(layers[0], nn.Flatten) \
+        and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in layers[1:])
 
 
 def count_parameters(model: nn.Module) -> int:

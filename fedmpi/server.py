@@ -30,6 +30,7 @@ class Server:
         self.num_ranks = num_ranks
         self.history: list[dict] = []
         self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
+        self.target_round: int | None = None  # the round whose weights reached cfg.target_accuracy
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
             self.history = [r for r in read_metrics(run_dir) if r["round"] < resume.round]
@@ -46,7 +47,14 @@ class Server:
         self.log.write(record)
         self.history.append(record)
         self.pending = None
-        if step < self.cfg.rounds:
+        target = self.cfg.target_accuracy
+        if target and step < self.cfg.rounds and record.get("test_accuracy", 0.0) >= target:
+            # w_step is the result: the update trained in this step is dropped, and the
+            # checkpoint makes a --resume of this run stop here again.
+            self.target_round = step
+            self.checkpoint(step)
+            print(f"fedmpi: round {step} reached the target accuracy {100 * target:g}%; stopping", flush=True)
+        elif step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
             every = self.cfg.checkpoint_every
             if step + 1 == self.cfg.rounds or (every and (step + 1) % every == 0):
@@ -79,7 +87,9 @@ class Server:
         final = evaluated[-1] if evaluated else {}
         best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else {}
         write_json(self.run_dir / "summary.json", {
-            "rounds": self.cfg.rounds,
+            "rounds": self.history[-1]["round"] if self.history else self.cfg.rounds,
+            "target_accuracy": self.cfg.target_accuracy or None,
+            "target_round": self.target_round,
             "final_test_accuracy": final.get("test_accuracy"),
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),

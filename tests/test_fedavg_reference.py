@@ -34,8 +34,12 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
             x = (torch.from_numpy(x).float() / 255 - mean) / std
             y = torch.from_numpy(y)
             torch.nn.utils.vector_to_parameters(torch.from_numpy(w.copy()), model.parameters())
-            # Same conv kernels as fedmpi (NHWC); NCHW kernels round differently.
+            # Same memory layouts as fedmpi, whose kernels round differently from the
+            # defaults: conv weights NHWC, the 2NN's Linear weights input-major.
             model.to(memory_format=torch.channels_last)
+            for layer in model.modules() if model_name == "2nn" else ():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.data = layer.weight.data.t().contiguous().t()
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             state = np.random.SeedSequence([1, seed, r, int(k)]).generate_state(1, np.uint64)[0]
             g = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)

@@ -1,7 +1,8 @@
 """jobs/ on a real one-node SLURM (munged + slurmctld + slurmd, see slurm_cluster.py): a training job
 runs a config to the end; USR1 makes it checkpoint, requeue itself and resume to the weights of a run
 that never stopped (with srun and with pip's mpiexec); scancel leaves a checkpoint and no requeue;
-prep -> train -> plot and a scaling study run as dependent jobs. Skipped where SLURM is not installed, unless CI is set: then that is a failure.
+prep -> train -> plot and a scaling study run as dependent jobs. Skipped where SLURM is not
+installed, unless CI is set: then that is a failure.
 
 Also, without SLURM: the scaling CSV's speedup/efficiency arithmetic and both plots.
 """

@@ -1,0 +1,213 @@
+"""`python -m fedmpi.sweep SWEEP.toml`: a grid of runs under one folder, rerunnable.
+
+A sweep file holds the fields every run shares (`[base]`), lists to cross
+(`[grid]`), and optionally `[[rows]]`, each crossed with the grid on its own
+(so that each row of a paper table can have its own learning-rate grid):
+
+    out = "runs/paper/cnn_iid"     # one run folder per grid point under it
+    ranks = 3                      # mpiexec -n (local runs)
+    [base]
+    data = "data/mnist-iid-100"
+    model = "cnn"
+    target_accuracy = 0.99
+    [grid]
+    epochs = [1, 5, 20]
+    lr = [0.05, 0.1]
+
+Each run is one `python -m fedmpi --config OUT/plan/NAME.toml --resume` job, so
+a run that is complete is skipped, an interrupted one continues from its
+checkpoint, and a changed grid only adds runs. `--slurm` submits the
+unfinished runs as one SLURM array of jobs/fedavg.sbatch instead.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tomli_w
+
+from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, build_config, read_toml
+from fedmpi.errors import FedMPIError
+
+SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
+SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
+# Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
+LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed"}
+
+
+@dataclass
+class Run:
+    name: str
+    config: dict  # RunConfig fields, validated
+
+    def folder(self) -> Path:
+        return Path(self.config["out"])
+
+
+def load_sweep(path: str) -> tuple[dict, list[Run]]:
+    """The sweep file's settings and its runs, every one validated as a RunConfig."""
+    spec = read_toml(path, what="sweep file", check_keys=False)
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise FedMPIError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"a sweep has {', '.join(sorted(SWEEP_KEYS))}")
+    if "out" not in spec:
+        raise FedMPIError(f"sweep file {path}: no 'out' folder given")
+    base, grid, rows = spec.get("base", {}), spec.get("grid", {}), spec.get("rows", [{}])
+    for where, table in [("base", base), ("grid", grid), *((f"rows[{i}]", r) for i, r in enumerate(rows))]:
+        if not isinstance(table, dict):
+            raise FedMPIError(f"sweep file {path}: '{where}' must be a table")
+        for key in table:
+            if key not in FIELD_NAMES or key == "out":
+                raise FedMPIError(f"sweep file {path}: '{where}.{key}' is not a run field "
+                                  f"(run fields: {', '.join(f for f in FIELD_NAMES if f != 'out')})")
+    points = []
+    for row in rows:
+        axes = {k: v if isinstance(v, list) else [v] for k, v in {**grid, **row}.items()}
+        for values in itertools.product(*axes.values()):
+            points.append({**base, **dict(zip(axes, values))})
+    # Names show the semantic fields that vary (and the data folder, which holds the partition).
+    varying = [k for k in FIELD_NAMES if (k == "data" or k not in NON_SEMANTIC)
+               and len({json.dumps(p.get(k)) for p in points}) > 1]
+    runs, out = [], Path(spec["out"])
+    for point in points:
+        name = run_name(point, varying)
+        try:
+            cfg = build_config(None, {**point, "out": str(out / name)})
+        except FedMPIError as e:
+            raise FedMPIError(f"sweep file {path}, run {name}: {e}") from None
+        runs.append(Run(name, asdict(cfg)))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise FedMPIError(f"sweep file {path}: the grid lists the same run twice")
+    return {"out": out, "ranks": int(spec.get("ranks", 3))}, runs
+
+
+def run_name(point: dict, varying: list[str]) -> str:
+    parts = []
+    for key in varying:
+        value = point.get(key)
+        if key == "data":
+            parts.append(Path(str(value)).name)
+        elif key == "batch_size" and value in (0, "inf", "full", "∞"):
+            parts.append("Binf")
+        else:
+            parts.append(f"{LABELS.get(key, key + '=')}{value:g}" if isinstance(value, float)
+                         else f"{LABELS.get(key, key + '=')}{value}")
+    return "_".join(parts) or "run"
+
+
+def status(run: Run) -> str:
+    """complete | partial (has a checkpoint) | new."""
+    folder = run.folder()
+    summary = folder / "summary.json"
+    if summary.exists() and (folder / "config.toml").exists():
+        done = json.loads(summary.read_text())
+        same = read_toml(str(folder / "config.toml")) == run.config
+        if same and (done.get("rounds") == run.config["rounds"] or done.get("target_round") is not None):
+            return "complete"
+    return "partial" if (folder / "checkpoint.h5").exists() else "new"
+
+
+def write_plan(settings: dict, runs: list[Run]) -> dict[str, Path]:
+    """One config file per run under OUT/plan; returns their paths by run name."""
+    plan = settings["out"] / "plan"
+    plan.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for run in runs:
+        path = plan / f"{run.name}.toml"
+        text = tomli_w.dumps(run.config)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        paths[run.name] = path
+    return paths
+
+
+def default_launcher(ranks: int) -> list[str]:
+    """mpiexec beside this Python (a venv with pip's MPICH), else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return [str(beside) if beside.exists() else "mpiexec", "-n", str(ranks)]
+
+
+def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) -> int:
+    """Run the unfinished runs one after another; stop at a stop request, go on past failures."""
+    failed, child = [], None
+
+    def forward(signum, frame):  # SLURM's USR1 / TERM: the running job checkpoints and exits 75
+        if child and child.poll() is None:
+            child.send_signal(signum)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job itself (same process group)
+    for i, run in enumerate(runs, 1):
+        state = status(run)
+        if state == "complete":
+            print(f"sweep: [{i}/{len(runs)}] {run.name}: complete, skipped", flush=True)
+            continue
+        cmd = [*launcher, sys.executable, "-m", "fedmpi", "--config", str(paths[run.name]), "--resume"]
+        print(f"sweep: [{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}: "
+              f"{shlex.join(cmd)}", flush=True)
+        child = subprocess.Popen(cmd)
+        code = child.wait()
+        if code in (75, 130):
+            print(f"sweep: stopped during {run.name} (exit {code}); run the same command to go on", flush=True)
+            return code
+        if code:
+            print(f"sweep: {run.name} failed with exit status {code}", file=sys.stderr, flush=True)
+            failed.append(run.name)
+    if failed:
+        print(f"sweep: {len(failed)} of {len(runs)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"sweep: all {len(runs)} run(s) complete", flush=True)
+    return 0
+
+
+def submit_array(settings: dict, runs: list[Run], paths: dict[str, Path], sbatch_args: list[str]) -> int:
+    """One SLURM array job of jobs/fedavg.sbatch, task i running the i-th unfinished run."""
+    todo = [r for r in runs if status(r) != "complete"]
+    if not todo:
+        print(f"sweep: all {len(runs)} run(s) complete; nothing to submit", flush=True)
+        return 0
+    listing = settings["out"] / "plan" / "array.txt"
+    listing.write_text("".join(f"{paths[r.name].resolve()}\n" for r in todo))
+    cmd = ["sbatch", f"--array=0-{len(todo) - 1}", f"--job-name=sweep-{settings['out'].name}",
+           f"--output={settings['out'].resolve()}/slurm-%A_%a.out", *sbatch_args, str(SBATCH_SCRIPT), str(listing)]
+    print(f"sweep: submitting {len(todo)} run(s): {shlex.join(cmd)}", flush=True)
+    return subprocess.run(cmd).returncode
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m fedmpi.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", help="sweep file (TOML with out, ranks, [base], [grid], [[rows]])")
+    p.add_argument("--list", action="store_true", help="print each run's name, state and folder; run nothing")
+    p.add_argument("--launcher", help="MPI launcher command (default: mpiexec -n RANKS)")
+    p.add_argument("--slurm", action="store_true", help="submit the unfinished runs as one SLURM array job "
+                   "(arguments after -- go to sbatch, e.g. -- --time=02:00:00 --ntasks-per-node=3)")
+    args, rest = p.parse_known_args(argv)
+    if rest and (rest[0] != "--" or not args.slurm):
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        settings, runs = load_sweep(args.sweep)
+        if args.list:
+            for run in runs:
+                print(f"{run.name}\t{status(run)}\t{run.folder()}")
+            return 0
+        paths = write_plan(settings, runs)
+        if args.slurm:
+            return submit_array(settings, runs, paths, rest[1:])
+        launcher = shlex.split(args.launcher) if args.launcher else default_launcher(settings["ranks"])
+        return run_locally(runs, paths, launcher)
+    except FedMPIError as e:
+        print(f"fedmpi.sweep: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
