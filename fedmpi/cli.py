@@ -30,6 +30,7 @@ FLAG_HELP = {
     "device": "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
     "threads": "torch threads per rank (0 = node cores / worker ranks on the node)",
     "target_accuracy": "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
+    "workers_per_node": "ranks per node that host clients (0 = the node's cores; further ranks wait idle)",
 }
 
 
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
+        comm.set_workers(cfg.workers_per_node)
         fed = Federation(cfg.data)  # read before torch is imported: a bad --data costs no torch import
         from fedmpi.job import prepare, train
         setup = prepare(cfg, fed, comm, args.overwrite, args.resume)

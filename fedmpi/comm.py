@@ -30,7 +30,13 @@ MAX_SLEEP = 2e-3
 
 
 class Comm:
-    """COMM_WORLD seen as one server (rank 0) and workers (ranks 1..P-1, or rank 0 alone when P = 1)."""
+    """COMM_WORLD seen as one server (rank 0) and workers (ranks 1..P-1, or rank 0 alone when P = 1).
+
+    A node trains with at most as many workers as it has cores (set_workers):
+    further ranks on it stay idle, waiting in the collectives without
+    hosting clients, since time-sharing a core makes every client slower and
+    a worker training several clients at once trains them faster.
+    """
 
     def __init__(self, world=None):
         self.world = world or MPI.COMM_WORLD
@@ -39,9 +45,20 @@ class Comm:
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
-        # Worker ranks on this node: rank 0 only coordinates when P > 1.
-        self.local_workers = node.allreduce(int(self.is_worker), op=MPI.SUM)
+        cores = len(set().union(*node.allgather(os.sched_getaffinity(0))))
+        # (node, this rank's place among the node's candidate workers, the node's cores) of every rank
+        candidate = self.rank > 0 or self.size == 1  # rank 0 only coordinates when P > 1
+        place = node.exscan(int(candidate)) or 0
+        self.layout = self.world.allgather((node.bcast(self.rank), place if candidate else None, cores))
         node.Free()
+        self.set_workers(0)
+
+    def set_workers(self, per_node: int) -> None:
+        """Choose the ranks that host clients: per node, the first `per_node` candidates (0: its cores)."""
+        self.workers = [r for r, (_, place, cores) in enumerate(self.layout)
+                        if place is not None and place < (per_node or cores)]
+        node = self.layout[self.rank][0]
+        self.local_workers = sum(self.layout[r][0] == node for r in self.workers)
 
     @property
     def is_server(self) -> bool:
@@ -49,16 +66,20 @@ class Comm:
 
     @property
     def is_worker(self) -> bool:
-        return self.rank > 0 or self.size == 1
+        return self.rank in self.workers
 
     @property
     def num_workers(self) -> int:
-        return max(self.size - 1, 1)
+        return len(self.workers)
+
+    @property
+    def idle_ranks(self) -> int:
+        return self.size - len(self.workers) - (self.size > 1)
 
     @property
     def worker_index(self) -> int:
         """0..num_workers-1 for workers."""
-        return max(self.rank - 1, 0)
+        return self.workers.index(self.rank)
 
     def bcast(self, array: np.ndarray) -> float:
         """Broadcast rank 0's array into every rank's array; returns seconds spent."""

@@ -41,6 +41,7 @@ class RunConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     threads: int = 0            # torch threads per rank; 0 = cores / worker ranks on the node
     target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
+    workers_per_node: int = 0   # ranks per node that host clients; 0 = the node's cores (the rest wait idle)
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -53,7 +54,8 @@ class RunConfig:
 FIELD_NAMES = [f.name for f in fields(RunConfig)]
 # Fields that do not change the computed result; a resumed run may differ in them
 # (the federation itself is pinned by its manifest sha256, not by its path).
-NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy"}
+NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy",
+                "workers_per_node"}
 
 
 def _parse_batch_size(value):
@@ -144,6 +146,8 @@ def validate(cfg: RunConfig) -> None:
         bad("on_bad_update", f"choose one of {', '.join(BAD_UPDATE_POLICIES)}, got '{cfg.on_bad_update}'")
     if not (math.isfinite(cfg.target_accuracy) and 0.0 <= cfg.target_accuracy <= 1.0):
         bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
+    if cfg.workers_per_node < 0:
+        bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
     if cfg.threads < 0:
         bad("threads", f"must be >= 0 (0 = automatic), got {cfg.threads}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

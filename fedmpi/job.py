@@ -111,9 +111,11 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
             setup.run_dir.mkdir(parents=True)
         (setup.run_dir / "config.toml").write_text(cfg.to_toml())
         weights[:] = flat.weights.cpu().numpy()
-        server = Server(cfg, setup.run_dir, weights, fed.manifest_sha256, comm.size, setup.resume)
+        server = Server(cfg, setup.run_dir, weights, fed.manifest_sha256, comm.size, comm.num_workers,
+                        setup.resume)
+        idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         print(f"fedmpi: {cfg.model} on {fed.folder} ({fed.num_clients} clients, {m} per round), "
-              f"{comm.size} rank(s), {comm.num_workers} worker(s), device {setup.device}, "
+              f"{comm.size} rank(s), {comm.num_workers} worker(s){idle}, device {setup.device}, "
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
     if comm.is_worker:

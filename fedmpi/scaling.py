@@ -78,12 +78,13 @@ def run_row(run: Path) -> dict | None:
     summary = run / "summary.json"
     if not summary.is_file():
         return None
-    ranks = json.loads(summary.read_text())["ranks"]
+    done = json.loads(summary.read_text())
+    ranks = done["ranks"]
     cfg = tomllib.loads((run / "config.toml").read_text())
     timed = [r for r in read_metrics(run) if "time" in r]
     if not timed:
         return None
-    w = workers(ranks)
+    w = done.get("workers", workers(ranks))  # ranks beyond a node's cores may be idle
 
     def med(f):
         return statistics.median(f(r["time"]) for r in timed)

@@ -22,12 +22,13 @@ from fedmpi.metrics import MetricsLog, read_metrics, write_json
 
 class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, manifest_sha256: str,
-                 num_ranks: int, resume: Checkpoint | None):
+                 num_ranks: int, num_workers: int, resume: Checkpoint | None):
         self.cfg = cfg
         self.run_dir = run_dir
         self.weights = weights
         self.manifest_sha256 = manifest_sha256
         self.num_ranks = num_ranks
+        self.num_workers = num_workers
         self.history: list[dict] = []
         self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
         self.target_round: int | None = None  # the round whose weights reached cfg.target_accuracy
@@ -48,13 +49,16 @@ class Server:
         self.history.append(record)
         self.pending = None
         target = self.cfg.target_accuracy
-        if target and step < self.cfg.rounds and record.get("test_accuracy", 0.0) >= target:
-            # w_step is the result: the update trained in this step is dropped, and the
-            # checkpoint makes a --resume of this run stop here again.
+        if target and self.target_round is None and record.get("test_accuracy", 0.0) >= target:
             self.target_round = step
-            self.checkpoint(step)
-            print(f"fedmpi: round {step} reached the target accuracy {100 * target:g}%; stopping", flush=True)
-        elif step < self.cfg.rounds:
+            print(f"fedmpi: round {step} reached the target accuracy {100 * target:g}%"
+                  f"{'; stopping' if step < self.cfg.rounds else ''}", flush=True)
+            if step < self.cfg.rounds:
+                # w_step is the result: the update trained in this step is dropped, and the
+                # checkpoint makes a --resume of this run stop here again.
+                self.checkpoint(step)
+                return
+        if step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
             every = self.cfg.checkpoint_every
             if step + 1 == self.cfg.rounds or (every and (step + 1) % every == 0):
@@ -94,6 +98,7 @@ class Server:
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),
             "ranks": self.num_ranks,
+            "workers": self.num_workers,
             "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
         })

@@ -58,8 +58,11 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
     if unknown:
         raise FedMPIError(f"sweep file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
                           f"a sweep has {', '.join(sorted(SWEEP_KEYS))}")
-    if "out" not in spec:
-        raise FedMPIError(f"sweep file {path}: no 'out' folder given")
+    if not isinstance(spec.get("out"), str) or not spec["out"]:
+        raise FedMPIError(f"sweep file {path}: 'out' must name the sweep's folder, e.g. out = \"runs/sweep\"")
+    ranks = spec.get("ranks", 3)
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        raise FedMPIError(f"sweep file {path}: 'ranks' must be a whole number >= 1, got {ranks!r}")
     base, grid, rows = spec.get("base", {}), spec.get("grid", {}), spec.get("rows", [{}])
     for where, table in [("base", base), ("grid", grid), *((f"rows[{i}]", r) for i, r in enumerate(rows))]:
         if not isinstance(table, dict):
@@ -73,9 +76,14 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
         axes = {k: v if isinstance(v, list) else [v] for k, v in {**grid, **row}.items()}
         for values in itertools.product(*axes.values()):
             points.append({**base, **dict(zip(axes, values))})
-    # Names show the semantic fields that vary (and the data folder, which holds the partition).
-    varying = [k for k in FIELD_NAMES if (k == "data" or k not in NON_SEMANTIC)
-               and len({json.dumps(p.get(k)) for p in points}) > 1]
+    if not points:
+        raise FedMPIError(f"sweep file {path}: the grid is empty (a list with no values?)")
+    varying = [k for k in FIELD_NAMES if len({json.dumps(p.get(k)) for p in points}) > 1]
+    # Names show the semantic fields that vary and the data folder (it holds the partition);
+    # the others (rounds, threads, ...) only where the names would collide without them.
+    short = [k for k in varying if k == "data" or k not in NON_SEMANTIC]
+    if len({run_name(p, short) for p in points}) == len(points):
+        varying = short
     runs, out = [], Path(spec["out"])
     for point in points:
         name = run_name(point, varying)
@@ -85,9 +93,10 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
             raise FedMPIError(f"sweep file {path}, run {name}: {e}") from None
         runs.append(Run(name, asdict(cfg)))
     names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise FedMPIError(f"sweep file {path}: the grid lists the same run twice")
-    return {"out": out, "ranks": int(spec.get("ranks", 3))}, runs
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FedMPIError(f"sweep file {path}: the grid lists the same run more than once: {', '.join(twice)}")
+    return {"out": out, "ranks": ranks}, runs
 
 
 def run_name(point: dict, varying: list[str]) -> str:
@@ -110,7 +119,10 @@ def status(run: Run) -> str:
     summary = folder / "summary.json"
     if summary.exists() and (folder / "config.toml").exists():
         done = json.loads(summary.read_text())
-        same = read_toml(str(folder / "config.toml")) == run.config
+        recorded = read_toml(str(folder / "config.toml"), check_keys=False)
+        # Fields that change the result or its end; others (threads, eval_every, ...) may differ.
+        same = all(recorded.get(k) == run.config[k] for k in FIELD_NAMES
+                   if k not in NON_SEMANTIC or k in ("rounds", "target_accuracy"))
         if same and (done.get("rounds") == run.config["rounds"] or done.get("target_round") is not None):
             return "complete"
     return "partial" if (folder / "checkpoint.h5").exists() else "new"

@@ -9,19 +9,12 @@ from test_fedavg_reference import seq_fedavg
 POISON_CLIENT_3_IN_ROUND_1 = """
 import sys
 import fedmpi.worker
-current = {}
-make_generator = fedmpi.worker.client_generator
-def recording_generator(seed, round_, client):
-    current["key"] = (round_, client)
-    return make_generator(seed, round_, client)
-update = fedmpi.worker.local_update
-def poisoned_update(flat, *args):
-    loss = update(flat, *args)
-    if current["key"] == (1, 3):
-        flat.weights[7] = float("nan")
-    return loss
-fedmpi.worker.client_generator = recording_generator
-fedmpi.worker.local_update = poisoned_update
+add = fedmpi.worker.Worker._add  # called with each trained client's weights
+def poisoned(self, round_, k, slot, trained, *args):
+    if (round_, k) == (1, 3):
+        trained[7] = float("nan")
+    return add(self, round_, k, slot, trained, *args)
+fedmpi.worker.Worker._add = poisoned
 from fedmpi.cli import main
 sys.exit(main())
 """

@@ -18,12 +18,12 @@ RAISE_ON_RANK_2 = """
 import sys
 from mpi4py import MPI
 import fedmpi.worker
-original = fedmpi.worker.Worker._train
-def failing(self, round_, k, slot, sums):
+original = fedmpi.worker.Worker._add  # called with each trained client
+def failing(self, round_, *args):
     if MPI.COMM_WORLD.rank == 2 and round_ == 5:
         raise RuntimeError("injected failure in client training")
-    return original(self, round_, k, slot, sums)
-fedmpi.worker.Worker._train = failing
+    return original(self, round_, *args)
+fedmpi.worker.Worker._add = failing
 from fedmpi.cli import main
 sys.exit(main())
 """

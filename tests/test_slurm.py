@@ -1,7 +1,8 @@
 """jobs/ on a real one-node SLURM (munged + slurmctld + slurmd, see slurm_cluster.py): a training job
 runs a config to the end; USR1 makes it checkpoint, requeue itself and resume to the weights of a run
 that never stopped (with srun and with pip's mpiexec); scancel leaves a checkpoint and no requeue;
-prep -> train -> plot and a scaling study run as dependent jobs. Skipped where SLURM is not
+prep -> train -> plot and a scaling study run as dependent jobs; `python -m fedmpi.sweep --slurm`
+submits a sweep's unfinished runs as one array job. Skipped where SLURM is not
 installed, unless CI is set: then that is a failure.
 
 Also, without SLURM: the scaling CSV's speedup/efficiency arithmetic and both plots.
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 
 from fedmpi.metrics import read_metrics
 from fedmpi.scaling import gather, plan, read_csv, write_csv
-from helpers import PYTHON, final_weights
+from helpers import PYTHON, final_weights, launch
 from slurm_cluster import SlurmCluster, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +170,67 @@ def test_scaling_sh_runs_each_rank_count_as_a_job_then_gathers_and_plots(slurm, 
     assert [(r["ranks"], r["workers"], r["clients_per_round"]) for r in rows] == [(1, 1, 2), (3, 2, 2)]
     assert rows[0]["speedup"] == 1 and all(r["round_s"] > 0 for r in rows)
     assert (study / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- python -m fedmpi.sweep --slurm: one array job of jobs/fedavg.sbatch -------------------------
+ARRAY_SIZES = ["--ntasks-per-node=2", "--cpus-per-task=1"]  # 2 ranks per task: both tasks fit the node
+
+
+def wait_array(slurm, job_id: str, tasks: int, timeout: float = 2 * JOB_TIMEOUT) -> list[dict]:
+    """Until every task of array job_id has ended (`scontrol show job -o ID`: one line per task)."""
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
+    deadline = time.monotonic() + timeout
+    while True:
+        out = slurm.run("scontrol", "show", "job", "-o", job_id).stdout
+        infos = [dict(item.split("=", 1) for item in line.split() if "=" in item) for line in out.splitlines()]
+        if sorted(i.get("ArrayTaskId") for i in infos) == [str(t) for t in range(tasks)] \
+                and all(i["JobState"] in ended for i in infos):
+            return sorted(infos, key=lambda i: int(i["ArrayTaskId"]))
+        if time.monotonic() > deadline:
+            slurm.run("scancel", job_id, check=False)
+            raise AssertionError(f"array job {job_id} not done after {timeout} s:\n{out}\n{slurm.logs()}")
+        time.sleep(0.5)
+
+
+def test_sweep_slurm_submits_the_unfinished_runs_as_one_array_job(slurm, federation, tmp_path):
+    fed = federation()
+    base = {"data": str(fed), "model": "2nn", "fraction": 0.02, "epochs": 1, "batch_size": 50, "rounds": 3,
+            "seed": 1, "threads": 1}
+    out = tmp_path / "sweep"
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(tomli_w.dumps({"out": str(out), "base": base, "grid": {"lr": [0.05, 0.1]}}))
+
+    def sweep(*args):
+        return slurm.run(PYTHON, "-m", "fedmpi.sweep", str(sweep_file), *args, cwd=tmp_path, env=job_env(),
+                         timeout=60)
+
+    r = sweep("--slurm", "--", *ARRAY_SIZES)
+    assert "sweep: submitting 2 run(s): sbatch --array=0-1" in r.stdout, r.stdout + r.stderr
+    job = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
+    started = time.monotonic()
+    tasks = wait_array(slurm, job, 2)
+    print(f"sweep --slurm: 2 array tasks COMPLETED in {time.monotonic() - started:.1f} s")
+    for task, name in zip(tasks, ["lr0.05", "lr0.1"]):
+        log = Path(out / f"slurm-{job}_{task['ArrayTaskId']}.out")
+        text = log.read_text() if log.exists() else f"(no log at {log})"
+        assert task["JobState"] == "COMPLETED" and task["ExitCode"] == "0:0", f"{task}\n{text}"
+        assert f"--config {(out / 'plan' / name).resolve()}.toml" in text, text  # task i runs line i+1
+        assert "2 rank(s), 1 worker(s)" in text, text
+        assert json.loads((out / name / "summary.json").read_text())["rounds"] == 3
+    listing = sweep("--list").stdout.splitlines()
+    assert [line.split("\t")[:2] for line in listing] == [["lr0.05", "complete"], ["lr0.1", "complete"]]
+
+    # The same run outside SLURM: bit for bit the weights of array task 1.
+    config = tmp_path / "direct.toml"
+    config.write_text(tomli_w.dumps({**base, "lr": 0.1, "out": str(tmp_path / "direct")}))
+    d = launch(2, ["--config", str(config)], timeout=JOB_TIMEOUT)
+    assert d.returncode == 0, d.stderr
+    np.testing.assert_array_equal(final_weights(out / "lr0.1"), final_weights(tmp_path / "direct"))
+
+    again = sweep("--slurm", "--", *ARRAY_SIZES)
+    assert "sweep: all 2 run(s) complete; nothing to submit" in again.stdout, again.stdout + again.stderr
+    assert "Submitted batch job" not in again.stdout
+    assert slurm.run("squeue", "-h", "-o", "%i").stdout.split() == []
 
 
 # ---- without SLURM: the scaling arithmetic and the plots ---------------------------------------

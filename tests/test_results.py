@@ -1,0 +1,158 @@
+"""`python -m fedmpi.plot table` (rounds to a target accuracy, --best-lr) and `--target` on the accuracy plot.
+
+The run folders are made by hand (config.toml from fedmpi.config.RunConfig fields, metrics.jsonl with
+chosen accuracies), so every number in the table is known in advance: rounds to target = the first
+round whose test accuracy is >= the target; --best-lr keeps per setting and seed the lr with the fewest
+rounds to target (an lr that never reaches it loses; ties go to the higher best accuracy); an unreached
+target reads "not in N" with N the last round run. The table's Markdown rows are parsed and compared
+with those hand-computed values.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from fedmpi.config import RunConfig
+from helpers import launch
+
+TIMEOUT_S = 60
+DATA = "/data/mnist-iid-100"
+
+
+def make_run(folder: Path, accuracies: list[float], seconds: float = 2.0, **fields) -> Path:
+    """A finished-looking run folder: round t has test accuracy accuracies[t] and takes `seconds`."""
+    folder.mkdir(parents=True)
+    cfg = asdict(RunConfig(data=DATA, out=str(folder), **fields))
+    (folder / "config.toml").write_text(tomli_w.dumps(cfg))
+    records = [{"round": t, "test_accuracy": a, **({"seconds": seconds} if t else {})}
+               for t, a in enumerate(accuracies)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def plot(*args):
+    """`python -m fedmpi.plot ARGS` as a real process (error output, exit status, the PNG)."""
+    return launch(0, [str(a) for a in args], module="fedmpi.plot", timeout=TIMEOUT_S)
+
+
+def table(capsys, *args) -> list[dict]:
+    """The rows of `python -m fedmpi.plot table ARGS` as dicts by column header (in this process:
+    each process would pay a matplotlib import)."""
+    from fedmpi.plot import main
+    capsys.readouterr()
+    code = main(["table", *map(str, args)])
+    r = capsys.readouterr()
+    assert code == 0, f"exit {code}\n{r.out}\n{r.err}"
+    return parse(r.out)
+
+
+def parse(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert re.fullmatch(r"\|(---\|)+", lines[1]), lines[1]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+# Setting E=1: lr 0.05 reaches 0.9 at round 4, lr 0.1 at round 2, lr 0.2 never (best 0.89).
+E1 = {0.05: [0.1, 0.5, 0.7, 0.85, 0.91, 0.95], 0.1: [0.1, 0.8, 0.9, 0.93, 0.94, 0.96],
+      0.2: [0.1, 0.85, 0.89, 0.88, 0.89, 0.89]}
+# Setting E=5: lr 0.05 and 0.1 both reach 0.9 at round 1; 0.05 ends more accurate (0.99 > 0.97).
+E5 = {0.05: [0.1, 0.92, 0.95, 0.99], 0.1: [0.1, 0.95, 0.96, 0.97]}
+# Setting E=20: no lr reaches 0.9; 0.1 is the most accurate (0.8).
+E20 = {0.05: [0.1, 0.6, 0.7], 0.1: [0.1, 0.7, 0.8]}
+
+
+@pytest.fixture
+def sweep_folder(tmp_path):
+    for epochs, grid in ((1, E1), (5, E5), (20, E20)):
+        for lr, acc in grid.items():
+            make_run(tmp_path / "sw" / f"E{epochs}_lr{lr:g}", acc, epochs=epochs, lr=lr, target_accuracy=0.9)
+    return tmp_path / "sw"
+
+
+def test_rounds_to_target_per_run(capsys, sweep_folder):
+    rows = table(capsys, *sorted(sweep_folder.iterdir()))
+    got = {(r["E"], r["η"]): (r["rounds to target"], r["best acc."], r["rounds run"], r["target"])
+           for r in rows}
+    assert got == {
+        ("1", "0.05"): ("4", "95.00 %", "5", "90 %"),
+        ("1", "0.1"): ("2", "96.00 %", "5", "90 %"),
+        ("1", "0.2"): ("not in 5", "89.00 %", "5", "90 %"),
+        ("5", "0.05"): ("1", "99.00 %", "3", "90 %"),
+        ("5", "0.1"): ("1", "97.00 %", "3", "90 %"),
+        ("20", "0.05"): ("not in 2", "70.00 %", "2", "90 %"),
+        ("20", "0.1"): ("not in 2", "80.00 %", "2", "90 %"),
+    }
+    first = next(r for r in rows if (r["E"], r["η"]) == ("1", "0.05"))
+    assert (first["data"], first["model"], first["C"], first["B"], first["seed"]) == \
+        ("mnist-iid-100", "2nn", "0.1", "10", "0")
+    assert first["train time"] == "10 s"  # 5 rounds of 2 s
+
+
+def test_best_lr_picks_the_fewest_rounds_and_breaks_ties_by_accuracy(capsys, sweep_folder):
+    rows = table(capsys, *sorted(sweep_folder.iterdir()), "--best-lr")
+    got = {r["E"]: (r["η"], r["η grid"], r["rounds to target"]) for r in rows}
+    assert got == {
+        "1": ("0.1", "0.05, 0.1, 0.2", "2"),       # fewest rounds; 0.2 never reaches 0.9
+        "5": ("0.05", "0.05, 0.1", "1"),           # tie at round 1: 0.05 is more accurate (99 > 97 %)
+        "20": ("0.1", "0.05, 0.1", "not in 2"),    # none reaches it: the most accurate
+    }
+
+
+def test_seeds_are_kept_apart_by_best_lr(capsys, tmp_path):
+    make_run(tmp_path / "a", [0.1, 0.95], lr=0.05, seed=0, target_accuracy=0.9)
+    make_run(tmp_path / "b", [0.1, 0.5, 0.95], lr=0.1, seed=0, target_accuracy=0.9)
+    make_run(tmp_path / "c", [0.1, 0.5, 0.95], lr=0.05, seed=1, target_accuracy=0.9)
+    make_run(tmp_path / "d", [0.1, 0.95], lr=0.1, seed=1, target_accuracy=0.9)
+    rows = table(capsys, tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "d", "--best-lr")
+    assert sorted((r["seed"], r["η"], r["rounds to target"]) for r in rows) == [("0", "0.05", "1"),
+                                                                                ("1", "0.1", "1")]
+
+
+def test_target_flag_overrides_the_runs_own_target(capsys, sweep_folder):
+    runs = [sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.2"]
+    rows = table(capsys, *runs, "--target", "0.85")
+    assert [(r["η"], r["target"], r["rounds to target"]) for r in rows] == [("0.05", "85 %", "3"),
+                                                                          ("0.2", "85 %", "1")]
+    rows = table(capsys, *runs, "--target", "0.96")
+    assert [r["rounds to target"] for r in rows] == ["not in 5", "not in 5"]
+
+
+def test_a_run_without_target_needs_the_flag(capsys, tmp_path):
+    run = make_run(tmp_path / "r", [0.1, 0.8, 0.93])  # target_accuracy = 0: none
+    r = plot("table", run)
+    assert r.returncode == 2 and r.stderr.startswith("fedmpi.plot: error:") and "--target" in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    assert [row["rounds to target"] for row in table(capsys, run, "--target", "0.9")] == ["2"]
+
+
+def test_folders_without_config_are_skipped_and_none_at_all_is_an_error(capsys, sweep_folder, tmp_path):
+    (sweep_folder / "plan").mkdir()  # what a sweep keeps beside its runs
+    (sweep_folder / "plan" / "x.toml").write_text("lr = 0.1\n")
+    rows = table(capsys, sweep_folder / "plan", sweep_folder / "E5_lr0.1")
+    assert [(r["E"], r["η"]) for r in rows] == [("5", "0.1")]
+
+    (tmp_path / "empty").mkdir()
+    r = plot("table", sweep_folder / "plan", tmp_path / "empty")
+    assert r.returncode == 2, f"{r.stdout}\n{r.stderr}"
+    assert r.stderr.splitlines() == ["fedmpi.plot: error: no run folders among the arguments"]
+    assert not r.stdout
+
+
+def test_table_written_to_a_file(sweep_folder, tmp_path):
+    out = tmp_path / "table.md"
+    r = plot("table", sweep_folder / "E1_lr0.1", "-o", out)
+    assert r.returncode == 0 and f"wrote {out}" in r.stdout
+    assert [row["rounds to target"] for row in parse(out.read_text())] == ["2"]
+
+
+def test_accuracy_plot_with_target_writes_a_png(sweep_folder, tmp_path):
+    out = tmp_path / "x.png"
+    r = plot(sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.1", "--target", "0.97", "-o", out)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

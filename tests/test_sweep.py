@@ -1,0 +1,209 @@
+"""`python -m fedmpi.sweep`: a sweep file expands to named runs, each run is the same job as a direct
+`python -m fedmpi` of its fields, and the sweep is rerunnable (complete runs skipped, interrupted ones
+resumed, a failed run does not stop the others); mistakes in the sweep file are one-line errors.
+
+The reference for every sweep run is a direct `mpiexec -n 2 python -m fedmpi --config FILE` of a
+config written by the test itself (not the sweep's own plan file): its final weights must be equal
+bit for bit. Run names are spelled out by hand from the sweep file's documented naming scheme.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from fedmpi.metrics import read_metrics
+from helpers import MPIEXEC, final_weights, launch
+
+TIMEOUT_S = 240  # only guards against a hang
+# A tiny 2NN: federation() has 100 clients, C = 0.02 trains 2 of them (600 examples each) per round.
+BASE = {"model": "2nn", "fraction": 0.02, "epochs": 1, "batch_size": 50, "rounds": 3, "seed": 1,
+        "threads": 1}
+LRS = [0.05, 0.1]
+ERROR_LINE = re.compile(r"^fedmpi\.sweep: error: ")
+
+
+def sweep(*args, timeout: float = TIMEOUT_S):
+    """`python -m fedmpi.sweep ARGS` (no launcher around it; it starts its own jobs)."""
+    return launch(0, [str(a) for a in args], module="fedmpi.sweep", timeout=timeout)
+
+
+def write_sweep(path: Path, out: Path, base: dict, grid: dict | None = None, rows: list | None = None,
+                **top) -> Path:
+    spec = {"out": str(out), **top, "base": base}
+    if grid:
+        spec["grid"] = grid
+    if rows:
+        spec["rows"] = rows
+    path.write_text(tomli_w.dumps(spec))
+    return path
+
+
+def direct_run(fields: dict, out: Path, config: Path, *flags: str):
+    """The reference: `mpiexec -n 2 python -m fedmpi --config CONFIG`, CONFIG written here from fields."""
+    config.write_text(tomli_w.dumps({**fields, "out": str(out)}))
+    r = launch(2, ["--config", str(config), *flags], timeout=TIMEOUT_S)
+    assert r.returncode == 0, f"direct run failed: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def listing(sweep_file: Path) -> list[list[str]]:
+    r = sweep(sweep_file, "--list", timeout=60)
+    assert r.returncode == 0 and not r.stderr, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return [line.split("\t") for line in r.stdout.splitlines()]
+
+
+def without_timing(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in rec.items() if k not in ("seconds", "time")} for rec in read_metrics(run_dir)]
+
+
+# ---- names ---------------------------------------------------------------------------------------
+
+def test_list_names_grid_points_and_rows_crossed_with_the_grid(tmp_path):
+    base = {**BASE, "data": "/nowhere/mnist-iid-100"}
+    out = tmp_path / "out"
+    grid_only = listing(write_sweep(tmp_path / "a.toml", out, base, grid={"lr": [0.05, 0.1]}))
+    assert grid_only == [["lr0.05", "new", f"{out}/lr0.05"], ["lr0.1", "new", f"{out}/lr0.1"]]
+
+    rows = [{"epochs": 1, "batch_size": 10}, {"epochs": 5, "batch_size": "inf"}]
+    crossed = listing(write_sweep(tmp_path / "b.toml", out, base, grid={"lr": [0.05, 0.1]}, rows=rows))
+    assert sorted(name for name, _, _ in crossed) == \
+        ["E1_B10_lr0.05", "E1_B10_lr0.1", "E5_Binf_lr0.05", "E5_Binf_lr0.1"]
+    assert all(state == "new" and folder == f"{out}/{name}" for name, state, folder in crossed)
+
+    # A row's own list replaces the grid's for that row (a learning-rate grid per table row).
+    own = [{"epochs": 1, "lr": [0.1, 0.2]}, {"epochs": 5}]
+    per_row = listing(write_sweep(tmp_path / "c.toml", out, base, grid={"lr": [0.05]}, rows=own))
+    assert sorted(name for name, _, _ in per_row) == ["E1_lr0.1", "E1_lr0.2", "E5_lr0.05"]
+
+    # Other labels: C for fraction, seed, the data folder's name, key=value for the rest.
+    rows = [{"data": "/x/mnist-iid-100"}, {"data": "/y/mnist-shards-100"}]
+    other = listing(write_sweep(tmp_path / "d.toml", out, base, rows=rows,
+                                grid={"fraction": [0.1], "seed": [0, 1], "on_bad_update": ["skip"]}))
+    assert sorted(name for name, _, _ in other) == [
+        "mnist-iid-100_seed0", "mnist-iid-100_seed1", "mnist-shards-100_seed0", "mnist-shards-100_seed1"]
+    varied = listing(write_sweep(tmp_path / "e.toml", out, base, grid={"on_bad_update": ["abort", "skip"],
+                                                                      "fraction": [0.1, 0.2]}))
+    assert sorted(name for name, _, _ in varied) == [
+        "C0.1_on_bad_update=abort", "C0.1_on_bad_update=skip", "C0.2_on_bad_update=abort",
+        "C0.2_on_bad_update=skip"]
+    # Fields that do not change the result (rounds, threads, ...) are named only where needed.
+    by_rounds = listing(write_sweep(tmp_path / "f.toml", out, base, grid={"rounds": [3, 6], "lr": [0.1, 0.2]}))
+    assert sorted(name for name, _, _ in by_rounds) == [
+        "lr0.1_rounds=3", "lr0.1_rounds=6", "lr0.2_rounds=3", "lr0.2_rounds=6"]
+    assert not out.exists()  # --list runs and writes nothing
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swept(federation, tmp_path_factory):
+    """A 2-run sweep (lr grid, `ranks = 2` in the file) where run lr0.1 was interrupted after round 1,
+    and direct runs of both configs to the end as the reference."""
+    d = tmp_path_factory.mktemp("sweep")
+    fed = federation()
+    out = d / "out"
+    sweep_file = write_sweep(d / "sweep.toml", out, {**BASE, "data": str(fed)}, grid={"lr": LRS}, ranks=2)
+    fields = {name: {**BASE, "data": str(fed), "lr": lr} for name, lr in zip(["lr0.05", "lr0.1"], LRS)}
+    # The interrupted run: the same config stopped after round 1, written where the sweep keeps it.
+    direct_run(fields["lr0.1"], out / "lr0.1", d / "interrupted.toml", "--rounds", "1")
+    before = listing(sweep_file)
+    first = sweep(sweep_file)
+    direct = {name: d / "direct" / name for name in fields}
+    for name, f in fields.items():
+        direct_run(f, direct[name], d / f"{name}.toml")
+    return {"file": sweep_file, "out": out, "before": before, "first": first, "direct": direct}
+
+
+def test_sweep_runs_every_run_as_a_direct_fedmpi_run_would(swept):
+    r = swept["first"]
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert "sweep: all 2 run(s) complete" in r.stdout
+    assert "2 rank(s), 1 worker(s)" in r.stdout  # ranks = 2 from the sweep file
+    for name, reference in swept["direct"].items():
+        run = swept["out"] / name
+        assert [rec["round"] for rec in read_metrics(run)] == [0, 1, 2, 3]
+        np.testing.assert_array_equal(final_weights(run), final_weights(reference), err_msg=name)
+        assert without_timing(run) == without_timing(reference)
+    assert [state for _, state, _ in listing(swept["file"])] == ["complete", "complete"]
+
+
+def test_an_interrupted_run_is_resumed_to_the_weights_of_an_uninterrupted_one(swept):
+    assert [(name, state) for name, state, _ in swept["before"]] == [("lr0.05", "new"), ("lr0.1", "partial")]
+    out = swept["first"].stdout
+    assert re.search(r"^sweep: \[1/2\] lr0\.05: starting: ", out, re.M), out
+    assert re.search(r"^sweep: \[2/2\] lr0\.1: resuming: ", out, re.M), out
+    assert "resuming at round 1" in out, out
+    run = swept["out"] / "lr0.1"
+    np.testing.assert_array_equal(final_weights(run), final_weights(swept["direct"]["lr0.1"]))
+    assert without_timing(run) == without_timing(swept["direct"]["lr0.1"])
+
+
+def test_a_second_sweep_skips_every_complete_run(swept):
+    files = [swept["out"] / name / f for name in ("lr0.05", "lr0.1") for f in ("metrics.jsonl", "model.pt")]
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    r = sweep(swept["file"], timeout=60)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert "sweep: [1/2] lr0.05: complete, skipped" in r.stdout
+    assert "sweep: [2/2] lr0.1: complete, skipped" in r.stdout
+    assert "starting" not in r.stdout and "resuming" not in r.stdout and "fedmpi:" not in r.stdout
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+
+
+def test_a_failed_run_does_not_stop_the_others(swept, federation, tmp_path):
+    fed = federation()
+    out = tmp_path / "out"
+    rows = [{"data": str(tmp_path / "missing")}, {"data": str(fed)}]  # the failing run comes first
+    sweep_file = write_sweep(tmp_path / "s.toml", out, {**BASE, "lr": 0.1}, rows=rows)
+    r = sweep(sweep_file, "--launcher", f"{MPIEXEC} -n 2")
+    assert r.returncode == 1, f"{r.stdout}\n{r.stderr}"
+    assert "sweep: missing failed with exit status 2" in r.stderr, r.stderr
+    assert "sweep: 1 of 2 run(s) failed: missing" in r.stderr, r.stderr
+    assert "fedmpi: error:" in r.stderr and "missing" in r.stderr
+    assert re.search(r"^sweep: \[2/2\] fed: starting: ", r.stdout, re.M), r.stdout
+    # The run after the failure ran to the end: same fields as the reference lr0.1 run.
+    np.testing.assert_array_equal(final_weights(out / "fed"), final_weights(swept["direct"]["lr0.1"]))
+    assert {name: state for name, state, _ in listing(sweep_file)} == {"missing": "new", "fed": "complete"}
+
+
+# ---- bad sweep files -----------------------------------------------------------------------------
+
+GOOD_TAIL = '[base]\ndata = "/nowhere/fed"\n[grid]\nlr = [0.05, 0.1]\n'
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param('out = "OUT"\nrank = 2\n' + GOOD_TAIL, ["unknown key", "rank"], id="unknown-top-level-key"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\n[grid]\nlearning_rate = [0.1]\n',
+                 ["'grid.learning_rate' is not a run field"], id="grid-key-not-a-run-field"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\n[[rows]]\nepoch = 5\n',
+                 ["'rows[0].epoch' is not a run field"], id="row-key-not-a-run-field"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\n[grid]\nout = ["a", "b"]\n',
+                 ["'grid.out' is not a run field"], id="grid-out"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\n[grid]\nlr = [0.1, -1]\n',
+                 ["run lr-1", "'lr'"], id="invalid-lr-in-grid"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\nmodel = "resnet"\n[grid]\nlr = [0.1, 0.2]\n',
+                 ["run lr0.1", "'model'"], id="invalid-base-value"),
+    pytest.param(GOOD_TAIL, ["'out' must name"], id="missing-out"),
+    pytest.param('out = "OUT"\ngrid = 3\n', ["'grid' must be a table"], id="grid-not-a-table"),
+    pytest.param('out = "OUT"\n[base\n', ["TOML syntax error"], id="toml-syntax"),
+    pytest.param(None, ["not found", "absent.toml"], id="file-does-not-exist"),
+    pytest.param('out = "OUT"\nranks = "three"\n' + GOOD_TAIL, ["ranks"], id="ranks-not-a-number"),
+    pytest.param('out = 3\n' + GOOD_TAIL, ["out"], id="out-not-a-string"),
+    pytest.param('out = "OUT"\n[base]\ndata = "/nowhere/fed"\n[grid]\nlr = []\n', ["grid is empty"], id="empty-grid"),
+])
+def test_bad_sweep_file_is_one_error_line_and_exit_2(text, expected, tmp_path):
+    out = tmp_path / "out"
+    path = tmp_path / ("absent.toml" if text is None else "sweep.toml")
+    if text is not None:
+        path.write_text(text.replace("OUT", str(out)))
+    r = sweep(path, timeout=60)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and ERROR_LINE.match(lines[0]), \
+        f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    for part in expected:
+        assert part in lines[0], lines[0]
+    assert "Traceback" not in r.stderr and not r.stdout
+    assert not out.exists()
