@@ -308,7 +308,8 @@ def _(c):
 
 @case("more ranks than clients")
 def _(c):
-    return Case(["--data", str(c.two_clients())], ["only 2 clients", "at most 3 ranks"], ranks=4)
+    return Case(["--data", str(c.two_clients()), "--workers-per-node", "3"], ["only 2 clients", "at most 3 ranks"],
+                ranks=4)
 
 
 @case("device cuda:N not present")
