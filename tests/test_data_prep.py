@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from data_prep import partition, sources
+from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 
 # From /work/shared/DATA.md, restated here so that a wrong constant in data_prep is caught.
@@ -270,3 +271,13 @@ def test_partitions_that_cannot_be_made_are_refused_clearly():
         partition.dirichlet(labels, 500, 0.01, rng)
     with pytest.raises(FedMPIError, match="at least 1 client"):
         partition.iid(1000, 0, rng)
+
+
+def test_no_standardize_keeps_the_data_and_sets_mean_0_std_1(federation):
+    """--no-standardize: the models see x/255 in [0, 1] (an ablation in docs/results.md); same shards."""
+    plain, raw01 = federation("iid", clients=10), federation("iid", clients=10, no_standardize=True)
+    m = json.loads((raw01 / "manifest.json").read_text())
+    assert m["normalize"] == {"mean": [0.0], "std": [1.0]}
+    for k in (0, 9):
+        a, b = Federation(plain).load_client(k), Federation(raw01).load_client(k)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
