@@ -14,7 +14,8 @@ A sweep file holds the fields every run shares (`[base]`), lists to cross
     epochs = [1, 5, 20]
     lr = [0.05, 0.1]
 
-Each run is one `python -m fedmpi --config OUT/plan/NAME.toml --resume` job, so
+Paths (out, data) are relative to where the command runs. Each run is one
+`python -m fedmpi --config OUT/plan/NAME.toml --resume` job, so
 a run that is complete is skipped, an interrupted one continues from its
 checkpoint, and a changed grid only adds runs. `--slurm` submits the
 unfinished runs as one SLURM array of jobs/fedavg.sbatch instead.
@@ -150,9 +151,10 @@ def default_launcher(ranks: int) -> list[str]:
 
 def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) -> int:
     """Run the unfinished runs one after another; stop at a stop request, go on past failures."""
-    failed, child = [], None
+    failed, child, stop = [], None, []
 
     def forward(signum, frame):  # SLURM's USR1 / TERM: the running job checkpoints and exits 75
+        stop.append(signum)
         if child and child.poll() is None:
             child.send_signal(signum)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -163,6 +165,9 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         if state == "complete":
             print(f"sweep: [{i}/{len(runs)}] {run.name}: complete, skipped", flush=True)
             continue
+        if stop:
+            print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
+            return 75
         cmd = [*launcher, sys.executable, "-m", "fedmpi", "--config", str(paths[run.name]), "--resume"]
         print(f"sweep: [{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}: "
               f"{shlex.join(cmd)}", flush=True)

@@ -8,7 +8,11 @@ bit for bit. Run names are spelled out by hand from the sweep file's documented 
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,7 @@ import pytest
 import tomli_w
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, final_weights, launch
+from helpers import MPIEXEC, PYTHON, final_weights, launch
 
 TIMEOUT_S = 240  # only guards against a hang
 # A tiny 2NN: federation() has 100 clients, C = 0.02 trains 2 of them (600 examples each) per round.
@@ -167,6 +171,36 @@ def test_a_failed_run_does_not_stop_the_others(swept, federation, tmp_path):
     # The run after the failure ran to the end: same fields as the reference lr0.1 run.
     np.testing.assert_array_equal(final_weights(out / "fed"), final_weights(swept["direct"]["lr0.1"]))
     assert {name: state for name, state, _ in listing(sweep_file)} == {"missing": "new", "fed": "complete"}
+
+
+def test_usr1_to_the_sweep_checkpoints_the_running_job_and_the_same_command_goes_on(swept, federation, tmp_path):
+    """SLURM's pre-timeout signal reaches the sweep: its job checkpoints, the sweep exits 75 without
+    starting the next run, and rerunning the command ends both runs where direct runs end."""
+    out = tmp_path / "out"
+    slow = {**BASE, "rounds": 40}  # long enough to be signalled mid-run
+    sweep_file = write_sweep(tmp_path / "s.toml", out, {**slow, "data": str(federation())}, grid={"lr": LRS},
+                             ranks=2)
+    proc = subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(read_metrics(out / "lr0.05")) < 3:  # rounds 0..2 written: the job is training
+            assert time.monotonic() < deadline and proc.poll() is None, "the first run did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, output
+    assert "sweep: stopped during lr0.05 (exit 75)" in output and "lr0.1: starting" not in output, output
+    assert (out / "lr0.05" / "checkpoint.h5").exists()
+    assert [state for _, state, _ in listing(sweep_file)] == ["partial", "new"]
+    again = sweep(sweep_file)
+    assert again.returncode == 0 and "lr0.05: resuming" in again.stdout, f"{again.stdout}\n{again.stderr}"
+    reference = tmp_path / "direct"
+    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
+    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
 
 
 # ---- bad sweep files -----------------------------------------------------------------------------
