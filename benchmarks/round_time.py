@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from fedmpi.data import Federation
 from fedmpi.fedavg import Normalizer, FlatModel, client_generator, local_update, plan_round
 from fedmpi.stacked import StackedMLP, stackable
-from fedmpi.models import build_model
+from fedmpi.models import REGISTRY, build_model
 
 CONFIGS = {
     "A": dict(model="2nn", epochs=1, batch_size=10, lr=0.1),
@@ -53,7 +53,8 @@ def sequential_reference(data_dir, cfg, rounds):
     mean = torch.tensor(fed.manifest["normalize"]["mean"]).view(-1, 1, 1)
     std = torch.tensor(fed.manifest["normalize"]["std"]).view(-1, 1, 1)
     data = {k: fed.load_client(k) for k in range(fed.num_clients)}
-    model = build_model(cfg["model"], fed.image_shape, fed.num_classes, SEED).to(memory_format=torch.contiguous_format)
+    torch.manual_seed(SEED)  # plain nn modules: NCHW convolutions, (out, in) Linear weights
+    model = REGISTRY[cfg["model"]](tuple(fed.image_shape), fed.num_classes)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     times = []
     for clients in round_clients(fed, rounds):
