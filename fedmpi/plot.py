@@ -28,19 +28,25 @@ PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker
          ("bcast_s", "broadcast"), ("server_s", "server update, logging")]
 
 
-def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target: float | None = None) -> None:
+def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target: float | None = None,
+                  log_x: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lowest = 100.0
+    one_parent = len({Path(run).resolve().parent for run in runs}) == 1
     for run in runs:
         points = [(r["round"], 100 * r["test_accuracy"]) for r in read_metrics(run) if "test_accuracy" in r]
         if not points:
             raise FedMPIError(f"{run}: no evaluated rounds in metrics.jsonl")
-        ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=Path(run).name)
+        label = Path(run).name if one_parent else f"{Path(run).resolve().parent.name}/{Path(run).name}"
+        ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=label)
         lowest = min(lowest, points[min(len(points) - 1, 1)][1])
     if target:
         ax.axhline(100 * target, color="k", ls="--", lw=1, label=f"target {100 * target:g} %")
         # The curves' approach to the target is what matters: start the axis near round 1's accuracy.
         ax.set_ylim(max(0.0, min(lowest, 100 * target - 2)), min(100.0, 100 * target + 1.5))
+    if log_x:
+        ax.set_xscale("symlog", linthresh=1)  # round 0 stays on the axis
+        ax.set_xlim(left=0)
     ax.set_xlabel("communication round")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -135,12 +141,13 @@ def main(argv: list[str]) -> int:
         p.add_argument("--cores", type=int, help="mark the machine's core count")
     else:
         p.add_argument("--target", type=float, help="draw the target accuracy, e.g. 0.99, and zoom to it")
+        p.add_argument("--log-x", action="store_true", help="logarithmic round axis (runs of very different length)")
     args = p.parse_args(argv[1:] if scaling else argv)
     try:
         if scaling:
             plot_scaling(args.inputs, args.output, args.cores, args.title)
         else:
-            plot_accuracy(args.inputs, args.output, args.title, args.target)
+            plot_accuracy(args.inputs, args.output, args.title, args.target, args.log_x)
     except FedMPIError as e:
         print(f"fedmpi.plot: error: {e}", file=sys.stderr)
         return 2

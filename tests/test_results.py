@@ -153,6 +153,6 @@ def test_table_written_to_a_file(sweep_folder, tmp_path):
 
 def test_accuracy_plot_with_target_writes_a_png(sweep_folder, tmp_path):
     out = tmp_path / "x.png"
-    r = plot(sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.1", "--target", "0.97", "-o", out)
+    r = plot(sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.1", "--target", "0.97", "--log-x", "-o", out)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
