@@ -111,7 +111,13 @@ def table_main(argv: list[str]) -> int:
     p.add_argument("-o", "--output", type=Path, help="write the table here (default: print it)")
     args = p.parse_args(argv)
     try:
-        rows = [run_result(run, args.target) for run in args.runs if (run / "config.toml").exists()]
+        rows = []
+        for run in (run for run in args.runs if (run / "config.toml").exists()):
+            row = run_result(run, args.target)
+            if row is None:
+                print(f"fedmpi.plot: {run}: no evaluated round yet; left out", file=sys.stderr)
+            else:
+                rows.append(row)
         if not rows:
             raise FedMPIError("no run folders among the arguments")
         text = markdown(best_lr(rows) if args.best_lr else rows)

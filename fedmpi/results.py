@@ -16,8 +16,9 @@ from fedmpi.metrics import read_metrics
 SETTING = ("data", "model", "fraction", "epochs", "batch_size")
 
 
-def run_result(run: Path, target: float | None = None) -> dict:
-    """The run's setting, its first round at or above the target, best accuracy and time."""
+def run_result(run: Path, target: float | None = None) -> dict | None:
+    """The run's setting, its first round at or above the target, best accuracy and time;
+    None for a run that has not evaluated a round yet (just started)."""
     if not (run / "config.toml").is_file():
         raise FedMPIError(f"{run}: not a run folder (no config.toml)")
     cfg = read_toml(str(run / "config.toml"))
@@ -27,7 +28,7 @@ def run_result(run: Path, target: float | None = None) -> dict:
     records = read_metrics(run)
     evaluated = [r for r in records if "test_accuracy" in r]
     if not evaluated:
-        raise FedMPIError(f"{run}: no evaluated rounds in metrics.jsonl")
+        return None
     hit = next((r["round"] for r in evaluated if r["test_accuracy"] >= target), None)
     return {**{k: cfg[k] for k in (*SETTING, "lr", "seed")}, "run": str(run), "target": target,
             "rounds_to_target": hit, "best_accuracy": max(r["test_accuracy"] for r in evaluated),

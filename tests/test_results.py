@@ -156,3 +156,16 @@ def test_accuracy_plot_with_target_writes_a_png(sweep_folder, tmp_path):
     r = plot(sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.1", "--target", "0.97", "--log-x", "-o", out)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_without_an_evaluated_round_is_left_out_with_a_note(tmp_path, capsys):
+    """A sweep's run that has just started (metrics without test accuracy) must not break the table."""
+    make_run(tmp_path / "done", [0.1, 0.98], target_accuracy=0.97)
+    started = make_run(tmp_path / "started", [], target_accuracy=0.97)
+    (started / "metrics.jsonl").write_text(json.dumps({"round": 0}) + "\n")
+    from fedmpi.plot import main
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "done"), str(started)]) == 0
+    r = capsys.readouterr()
+    assert [row["rounds to target"] for row in parse(r.out)] == ["1"]
+    assert "started: no evaluated round yet; left out" in r.err
