@@ -20,7 +20,9 @@ import numpy as np
 from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig
 from fedmpi.errors import FedMPIError
 
-FORMAT = 1
+# The weights are stored in the flat buffer's memory order (fedavg.FlatModel), so a change of
+# models.build_model's memory layouts is a new format. 2: Linear weights input-major in every model.
+FORMAT = 2
 NAME = "checkpoint.h5"
 
 
@@ -55,7 +57,9 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
-                raise FedMPIError(f"{path}: checkpoint format {f.attrs.get('format')} is not supported")
+                raise FedMPIError(f"{path}: checkpoint format {f.attrs.get('format')} is not supported (this "
+                                  f"fedmpi writes format {FORMAT}); continue the run with the fedmpi that "
+                                  "started it, or start over with --overwrite")
             return Checkpoint(round=int(f.attrs["round"]), config=tomllib.loads(f.attrs["config"]),
                               manifest_sha256=str(f.attrs["manifest_sha256"]),
                               pending=json.loads(f.attrs["pending"]),

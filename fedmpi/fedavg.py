@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmpi.linear_sgd import forward_with_sgd
+
 SAMPLING, CLIENT = 0, 1
 
 
@@ -81,10 +83,13 @@ class FlatModel:
 
     @torch.no_grad()
     def sgd_step(self, lr: float) -> None:
-        """w ← w − η·∇, then drop the gradients so that the next backward writes fresh ones
-        (cheaper than accumulating into zeroed buffers)."""
-        torch._foreach_add_(self.params, [p.grad for p in self.params], alpha=-lr)
-        for p in self.params:
+        """w ← w − η·∇ for the parameters that have a gradient (Linear layers stepped themselves
+        in backward, fedmpi.linear_sgd), then drop the gradients so that the next backward writes
+        fresh ones (cheaper than accumulating into zeroed buffers)."""
+        params = [p for p in self.params if p.grad is not None]
+        if params:
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
+        for p in params:
             p.grad = None
 
 
@@ -115,7 +120,7 @@ def local_update(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, epochs: int,
         order = torch.randperm(n, generator=generator).to(x.device)
         for i in range(0, n, b):
             idx = order[i:i + b]
-            loss = F.cross_entropy(flat.model(normalize(x[idx])), y[idx])
+            loss = F.cross_entropy(forward_with_sgd(flat.model, normalize(x[idx]), lr), y[idx])
             loss.backward()
             flat.sgd_step(lr)
             total += loss.detach()

@@ -35,17 +35,17 @@ def build_model(name: str, image_shape, num_classes: int, seed: int) -> nn.Modul
 
     Contract (used by tests and by resume): w_0 is what torch's default
     initialisation draws right after `torch.manual_seed(seed)`; conv weights
-    are then stored channels_last, and an MLP's Linear weights input-major
-    (same values, other memory order).
+    are then stored channels_last, and Linear weights input-major (same
+    values, other memory order; checkpoint.FORMAT names this layout).
     """
     torch.manual_seed(seed)
     model = REGISTRY[name](tuple(image_shape), num_classes)
-    if is_mlp(model):
-        # Input-major weights (W^T contiguous): x @ W^T is then the plain product that
-        # fedmpi.stacked batches, so a client trained alone or stacked rounds alike.
-        for m in model:
-            if isinstance(m, nn.Linear):
-                m.weight.data = m.weight.data.t().contiguous().t()
+    # Input-major Linear weights (W^T contiguous): x·W^T is then the fast orientation of the
+    # training products (fedmpi.linear_sgd) and the one fedmpi.stacked batches, so a client
+    # trained alone or stacked rounds alike.
+    for m in model:
+        if isinstance(m, nn.Linear):
+            m.weight.data = m.weight.data.t().contiguous().t()
     # NHWC convolutions are ~22 % faster on CPU (oneDNN) at the paper's batch sizes.
     return model.to(memory_format=torch.channels_last)
 

@@ -10,9 +10,9 @@ A client's numbers do not depend on which clients share its batch, so results
 stay independent of the rank count: every slice of a batched matmul is
 computed alone, and every client on a CPU goes through this path, even when it
 trains alone (G = 1). Weights are stacked input-major (G, in, out), the faster
-orientation of the batched products; models.build_model stores an MLP's
-weights input-major too, so that the model trained alone (nn.Linear, as on a
-GPU or in a reference loop) rounds exactly as the stacked one.
+orientation of the batched products; models.build_model stores Linear
+weights input-major too, and both paths step through fedmpi.linear_sgd, so
+that a client trained alone (as on a GPU) rounds exactly as a stacked one.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmpi.fedavg import FlatModel, Normalizer
+from fedmpi.linear_sgd import linear_sgd
 from fedmpi.models import is_mlp
 
 
@@ -50,14 +51,10 @@ class StackedMLP:
                 self.layers.append(("relu",))
         self.linears = [layer for layer in self.layers if layer[0] == "linear"]
 
-    def _forward(self, params, h):
+    def _forward(self, params, h, lr):
         it = iter(params)
         for layer in self.layers:
-            if layer[0] == "linear":
-                w, b = next(it), next(it)
-                h = torch.baddbmm(b.unsqueeze(1), h, w)
-            else:
-                h = torch.relu(h)
+            h = linear_sgd(h, next(it), next(it), lr) if layer[0] == "linear" else torch.relu(h)
         return h
 
     def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
@@ -83,12 +80,10 @@ class StackedMLP:
             for i in range(0, n, b):
                 idx = order[:, i:i + b]
                 x = normalize(x_all[rows, idx].flatten(0, 1)).reshape(g, idx.shape[1], -1)
-                logits = self._forward(params, x)
+                logits = self._forward(params, x, lr)
                 loss = F.cross_entropy(logits.flatten(0, 1), y_all[rows, idx].flatten(),
                                        reduction="none").view(g, -1).mean(1)
-                grads = torch.autograd.grad(loss.sum(), params)
-                with torch.no_grad():
-                    torch._foreach_add_(params, grads, alpha=-lr)
+                loss.sum().backward()  # the layers step themselves (fedmpi.linear_sgd)
                 total += loss.detach()
                 steps += 1
         weights = start.repeat(g, 1)

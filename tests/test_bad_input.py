@@ -441,6 +441,16 @@ def _(c):
                 existing_run=True, extra=EARLIER_RUN)
 
 
+@case("resume a checkpoint written by an older fedmpi (format 1)")
+def _(c):
+    c.earlier_run()
+    with h5py.File(c.out / "checkpoint.h5", "r+") as f:
+        f.attrs["format"] = 1
+    return Case(["--data", str(c.fed), "--resume"],
+                ["checkpoint.h5", "format 1 is not supported", "fedmpi that started it", "--overwrite"],
+                existing_run=True, extra=EARLIER_RUN)
+
+
 # --out problems are rank 0's alone; one process suffices (the agreement is the case above's)
 
 @case("--out is an existing file")

@@ -14,6 +14,27 @@ from fedmpi.models import build_model
 from helpers import final_weights, train
 
 
+REL_TOL = 4e-3
+
+
+def initial_weights(fed_dir, model_name, seed):
+    fed = Federation(fed_dir)
+    model = build_model(model_name, fed.image_shape, fed.num_classes, seed)
+    return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+
+
+def update_error(got, expected, start):
+    """‖got − expected‖ / ‖expected − start‖: how far a run is from the reference, relative to the update.
+
+    The two agree up to float32 rounding, which local SGD amplifies (a ReLU that flips for one
+    example changes that step's gradient): measured up to 7e-4 here after ~100 local steps.
+    Mistakes move them by more (one IID client of ten left out: 0.02; the plain instead of
+    the n-weighted mean: 0.16). That fedmpi's fused SGD step (fedmpi.linear_sgd) is exact is
+    checked in float64 in test_linear_sgd.py.
+    """
+    return np.linalg.norm(got - expected) / np.linalg.norm(expected - start)
+
+
 def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, weighted=True, exclude=()):
     """Sequential FedAvg; weighted=False averages client models with equal weights instead of n_k;
     clients in `exclude` are sampled but left out of the average."""
@@ -35,9 +56,9 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
             y = torch.from_numpy(y)
             torch.nn.utils.vector_to_parameters(torch.from_numpy(w.copy()), model.parameters())
             # Same memory layouts as fedmpi, whose kernels round differently from the
-            # defaults: conv weights NHWC, the 2NN's Linear weights input-major.
+            # defaults: conv weights NHWC, Linear weights input-major.
             model.to(memory_format=torch.channels_last)
-            for layer in model.modules() if model_name == "2nn" else ():
+            for layer in model.modules():
                 if isinstance(layer, torch.nn.Linear):
                     layer.weight.data = layer.weight.data.t().contiguous().t()
             opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -75,7 +96,7 @@ def test_mpi_run_matches_sequential_fedavg(case, federation, tmp_path):
           "--batch-size", str(b), "--lr", str(lr), "--rounds", "3", "--seed", "7", "--threads", "1")
     expected = seq_fedavg(fed, model, c, e, b, lr, rounds=3, seed=7)
     got = final_weights(tmp_path / "run")
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert update_error(got, expected, initial_weights(fed, model, 7)) < REL_TOL
 
 
 def test_unbalanced_clients_are_weighted_by_their_sizes(federation, tmp_path):
@@ -87,7 +108,8 @@ def test_unbalanced_clients_are_weighted_by_their_sizes(federation, tmp_path):
           "--lr", "0.05", "--rounds", "1", "--seed", "3", "--threads", "1")
     weighted = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=3)
     got = final_weights(tmp_path / "run")
-    np.testing.assert_allclose(got, weighted, rtol=1e-5, atol=1e-6)
-    # The plain mean of the same client models is measurably different, so the check can fail.
+    start = initial_weights(fed, "2nn", 3)
+    assert update_error(got, weighted, start) < REL_TOL
+    # The plain mean of the same client models is far outside that tolerance, so the check can fail.
     plain = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=3, weighted=False)
-    assert np.abs(got - plain).max() > 1e-4
+    assert update_error(plain, weighted, start) > 3 * REL_TOL
