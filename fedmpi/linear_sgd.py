@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 
+FEW_ROWS = 32
+
+
 class LinearSGD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lr):
@@ -32,8 +35,12 @@ class LinearSGD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        # The input's gradient uses the weights before the step.
-        grad_x = torch.matmul(weight, grad.mT).mT if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # with the weights before the step
+            # For a few rows (B = 10), W·gᵀ transposed back is the faster GEMM orientation; for
+            # many (B ≥ 50) g·Wᵀ is, and its result is contiguous: transposing a 600×3136
+            # gradient for the next layer would cost more than the product.
+            grad_x = torch.matmul(weight, grad.mT).mT if grad.shape[-2] < FEW_ROWS else torch.matmul(grad, weight.mT)
         with torch.no_grad():
             if x.dim() == 3:
                 weight.baddbmm_(x.mT, grad, alpha=-ctx.lr)
