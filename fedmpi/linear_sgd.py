@@ -6,7 +6,7 @@ costs as much as computing it: for the CNN's 3136×512 layer at B = 10 the
 gradient GEMM writes 6.4 MB that the optimizer then reads back with the
 weights. `addmm_` into the weights does both in one pass; with the weights
 stored input-major (models.build_model) the forward product is also the
-fast orientation. A CNN step at B = 10 is ~14 % shorter (docs/performance.md).
+fast orientation. A CNN step at B = 10 is ~10 % shorter (docs/performance.md).
 
 The same Function serves one client (x: (B, in), W: (in, out), b: (out,))
 and a stack of G clients (x: (G, B, in), W: (G, in, out), b: (G, out),
@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-FEW_ROWS = 32
+FEW_ROWS = 32  # batch rows below which the input's gradient is computed transposed (see backward)
 
 
 class LinearSGD(torch.autograd.Function):
+    """y = x·W + b; backward returns the input's gradient and steps W and b in place."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, lr):
         ctx.save_for_backward(x, weight, bias)
