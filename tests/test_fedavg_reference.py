@@ -17,10 +17,14 @@ from helpers import final_weights, train
 REL_TOL = 4e-3
 
 
+def flat_parameters(model):
+    """The model's parameters as one float32 vector, in parameter order (as final_weights reads them)."""
+    return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]).astype(np.float32)
+
+
 def initial_weights(fed_dir, model_name, seed):
     fed = Federation(fed_dir)
-    model = build_model(model_name, fed.image_shape, fed.num_classes, seed)
-    return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    return flat_parameters(build_model(model_name, fed.image_shape, fed.num_classes, seed))
 
 
 def update_error(got, expected, start):
@@ -41,7 +45,7 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
     torch.set_num_threads(1)  # as the jobs below (--threads 1): float sums depend on the thread count
     fed = Federation(fed_dir)
     model = build_model(model_name, fed.image_shape, fed.num_classes, seed)
-    w = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]).astype(np.float32)
+    w = flat_parameters(model)
     mean = torch.tensor(fed.manifest["normalize"]["mean"]).view(-1, 1, 1)
     std = torch.tensor(fed.manifest["normalize"]["std"]).view(-1, 1, 1)
     K = fed.num_clients
@@ -73,7 +77,7 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
                     opt.zero_grad()
                     F.cross_entropy(model(x[idx]), y[idx]).backward()
                     opt.step()
-            wk = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+            wk = flat_parameters(model)
             weight = n if weighted else 1
             total += weight * (wk.astype(np.float64) - w)
             n_total += weight
