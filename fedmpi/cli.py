@@ -11,12 +11,13 @@ import os
 import sys
 import traceback
 
+from fedmpi import models
 from fedmpi.config import FIELD_NAMES
 from fedmpi.errors import FedMPIError
 
 FLAG_HELP = {
     "data": "federation folder written by python -m data_prep",
-    "model": "2nn | cnn",
+    "model": models.help_text(),
     "fraction": "C, share of clients per round (0 = one client)",
     "epochs": "E, local epochs",
     "batch_size": "B, local minibatch size; 0 or inf = the whole local set (FedSGD: E=1, B=inf)",
@@ -31,6 +32,8 @@ FLAG_HELP = {
     "threads": "torch threads per rank (0 = node cores / worker ranks on the node)",
     "target_accuracy": "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
     "workers_per_node": "ranks per node that host clients (0 = the node's cores; further ranks wait idle)",
+    "precision": "float32 | float64: dtype of the weights and the training (float64 to check numerics)",
+    "stack_clients": "most clients a worker trains together (0 = auto, 1 = one at a time; see docs/architecture.md)",
 }
 
 
@@ -70,26 +73,31 @@ def main(argv=None) -> int:
     from fedmpi.comm import Comm
     from fedmpi.config import build_config
     from fedmpi.data import Federation
+    from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
 
     comm = Comm()
-    error = None
-    try:
+    folder = None
+    try:  # before torch is imported: a typo, or a run folder in use, is answered in a second
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
         comm.set_workers(cfg.workers_per_node)
-        fed = Federation(cfg.data)  # read before torch is imported: a bad --data costs no torch import
-        from fedmpi.job import prepare, train
-        setup = prepare(cfg, fed, comm, args.overwrite, args.resume)
+        fed = Federation(cfg.data)
+        if comm.is_server:
+            folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
+        error = None
     except Exception as e:  # agreed on below, so that no rank waits for one that failed
         error = e
-    first = comm.first_failing_rank(error is not None)
-    if first is not None:
-        if comm.rank == first:
-            message = user_message(error)
-            if message is None:  # a bug: keep its traceback
-                traceback.print_exception(error)
-            print(f"fedmpi: error: {message or error}", file=sys.stderr, flush=True)
+    if report_setup_error(comm, error):
+        return 2
+    try:
+        from fedmpi.job import prepare, train
+        setup = prepare(cfg, fed, comm, folder, args.resume)
+    except Exception as e:
+        error = e
+    if report_setup_error(comm, error):
+        if folder:
+            folder.release_unused()
         return 2
     try:
         return train(setup, comm, stops)
@@ -100,3 +108,16 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"fedmpi: rank {comm.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         comm.abort(1)
+
+
+def report_setup_error(comm, error: Exception | None) -> bool:
+    """Agree with every rank whether setup failed; the first failing rank prints its error. True if one did."""
+    first = comm.first_failing_rank(error is not None)
+    if first is None:
+        return False
+    if comm.rank == first:
+        message = user_message(error)
+        if message is None:  # a bug: keep its traceback
+            traceback.print_exception(error)
+        print(f"fedmpi: error: {message or error}", file=sys.stderr, flush=True)
+    return True

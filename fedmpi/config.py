@@ -15,10 +15,11 @@ from pathlib import Path
 
 import tomli_w
 
+from fedmpi import models
 from fedmpi.errors import FedMPIError
 
-MODELS = ("2nn", "cnn")
 BAD_UPDATE_POLICIES = ("abort", "skip")
+PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 
 
@@ -27,7 +28,7 @@ class RunConfig:
     """Everything that defines a run. Names follow the paper (C, E, B, η, T)."""
 
     data: str = ""              # federation folder written by data_prep
-    model: str = "2nn"          # 2nn | cnn
+    model: str = "2nn"          # a built-in name (fedmpi.models) or "package.module:function"
     fraction: float = 0.1       # C: share of clients per round; 0 = exactly one
     epochs: int = 1             # E: local epochs
     batch_size: int = 10        # B: local minibatch; 0 = the whole local set (B = ∞)
@@ -42,6 +43,8 @@ class RunConfig:
     threads: int = 0            # torch threads per rank; 0 = cores / worker ranks on the node
     target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
     workers_per_node: int = 0   # ranks per node that host clients; 0 = the node's cores (the rest wait idle)
+    precision: str = "float32"  # float32 | float64: the dtype of weights and training
+    stack_clients: int = 0      # most clients a worker trains together; 0 = auto, 1 = one at a time
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -55,7 +58,7 @@ FIELD_NAMES = [f.name for f in fields(RunConfig)]
 # Fields that do not change the computed result; a resumed run may differ in them
 # (the federation itself is pinned by its manifest sha256, not by its path).
 NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy",
-                "workers_per_node"}
+                "workers_per_node", "stack_clients"}
 
 
 def _parse_batch_size(value):
@@ -122,10 +125,10 @@ def validate(cfg: RunConfig) -> None:
 
     if not cfg.data:
         bad("data", "no federation folder given (--data DIR, made by python -m data_prep)")
-    if cfg.model not in MODELS:
-        close = difflib.get_close_matches(cfg.model, MODELS, n=1)
-        bad("model", f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}"
-            + (f" (did you mean '{close[0]}'?)" if close else ""))
+    why = models.check_name(cfg.model)
+    if why:
+        close = difflib.get_close_matches(cfg.model, models.BUILTIN, n=1)
+        bad("model", why + (f" (did you mean '{close[0]}'?)" if close else ""))
     if not (math.isfinite(cfg.fraction) and 0.0 <= cfg.fraction <= 1.0):
         bad("fraction", f"C must lie in [0, 1] (0 = one client per round), got {cfg.fraction}")
     if cfg.epochs < 1:
@@ -150,5 +153,9 @@ def validate(cfg: RunConfig) -> None:
         bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
     if cfg.threads < 0:
         bad("threads", f"must be >= 0 (0 = automatic), got {cfg.threads}")
+    if cfg.precision not in PRECISIONS:
+        bad("precision", f"choose one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    if cfg.stack_clients < 0:
+        bad("stack_clients", f"must be >= 0 (0 = automatic, 1 = one client at a time), got {cfg.stack_clients}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         bad("device", f"choose auto, cpu, cuda or cuda:N, got '{cfg.device}'")

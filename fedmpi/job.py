@@ -1,13 +1,12 @@
 """One training job: setup that every rank does alike, then the round loop.
 
-Setup (config, federation, this rank's shards, run folder, checkpoint) runs
+Setup (config, federation, run folder, checkpoint, model, this rank's shards and engine) runs
 before any collective; its errors are agreed on by all ranks and reported
 once, and nothing is written until every rank has passed it. Errors after
 that are rank-specific and end the whole job via Abort.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,10 @@ from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import FlatModel, RoundSums, plan_round
+from fedmpi.engine import FlatModel
+from fedmpi.fedavg import RoundSums, plan_round
 from fedmpi.models import build_model
+from fedmpi.runfolder import RunFolder, announce
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.worker import Worker, load_shards
 
@@ -32,11 +33,11 @@ TARGET_REACHED = -1  # broadcast command: the last evaluated weights reached cfg
 class Setup:
     cfg: RunConfig
     fed: Federation
-    device: torch.device
     run_dir: Path
-    shards: tuple | None          # this worker's data; None on a server-only rank
-    resume: Checkpoint | None     # None: start at round 0
-    fresh: bool                   # the run folder is to be (re)made
+    folder: RunFolder | None      # the claimed run folder, on rank 0
+    flat: FlatModel               # the model, on this rank's device
+    worker: Worker | None         # this rank's clients and engine; None on a server-only rank
+    resume: Checkpoint | None     # None: start at round 0 in an emptied run folder
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -54,37 +55,27 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
     return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
 
 
-def prepare(cfg: RunConfig, fed: Federation, comm: Comm, overwrite: bool, resume: bool) -> Setup:
-    """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem."""
+def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool) -> Setup:
+    """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem.
+
+    `folder` is the run folder rank 0 claimed (None on other ranks)."""
     if comm.num_workers > fed.num_clients:
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
-    if comm.is_server:
-        check_run_folder(run_dir, replace=overwrite or resume)
     checkpoint = None
     if resume and (run_dir / CHECKPOINT).exists():
         checkpoint = load_checkpoint(run_dir, with_weights=comm.is_server)
         check_compatible(checkpoint, cfg, fed.manifest_sha256, run_dir / CHECKPOINT)
-    elif comm.is_server and not (resume or overwrite) and run_dir.exists() and any(run_dir.iterdir()):
-        raise FedMPIError(f"run folder {run_dir} exists; pass --resume to continue it, --overwrite to "
-                          "replace it, or choose another --out")
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
-    shards = load_shards(fed, comm.worker_index, comm.num_workers, device) if comm.is_worker else None
-    return Setup(cfg, fed, device, run_dir, shards, checkpoint, fresh=checkpoint is None)
-
-
-def check_run_folder(run_dir: Path, replace: bool) -> None:
-    """--out must be a folder that can be made; --overwrite / --resume only ever replace a run folder."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FedMPIError(f"--out {run_dir}: exists and is not a folder")
-    parent = next(p for p in [run_dir, *run_dir.parents] if p.exists())
-    if not parent.is_dir():
-        raise FedMPIError(f"--out {run_dir}: cannot be made, {parent} is a file")
-    if replace and run_dir.is_dir() and any(run_dir.iterdir()) \
-            and not any((run_dir / name).exists() for name in ("config.toml", "metrics.jsonl", CHECKPOINT)):
-        raise FedMPIError(f"--out {run_dir}: not a fedmpi run folder (no config.toml or metrics.jsonl); "
-                          "--overwrite and --resume replace run folders only")
+    torch.set_num_threads(threads_per_rank(comm, cfg.threads))
+    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
+    flat = FlatModel(build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed), device, dtype)
+    worker = None
+    if comm.is_worker:
+        shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
+        worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers)
+    return Setup(cfg, fed, run_dir, folder, flat, worker, checkpoint)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -96,30 +87,31 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     """
     from fedmpi.server import Server
 
-    cfg, fed = setup.cfg, setup.fed
-    torch.set_num_threads(threads_per_rank(comm, cfg.threads))
-    flat = FlatModel(build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed), setup.device)
-    packet = np.zeros(flat.dim + 1, dtype=np.float32)  # [weights | command]
+    cfg, fed, flat, worker = setup.cfg, setup.fed, setup.flat, setup.worker
+    # [weights | command], in the training dtype
+    packet = np.zeros(flat.dim + 1, dtype=np.float64 if cfg.precision == "float64" else np.float32)
     weights = packet[:flat.dim]
     m = cfg.clients_per_round(fed.num_clients)
     sums = RoundSums(flat.dim, m)
     start = setup.resume.round if setup.resume else 0
-    server = worker = None
+    trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
+    server = None
     if comm.is_server:
-        if setup.fresh:
-            shutil.rmtree(setup.run_dir, ignore_errors=True)
-            setup.run_dir.mkdir(parents=True)
+        announce(setup.folder.fd)
+        if setup.resume is None:
+            setup.folder.reset()
         (setup.run_dir / "config.toml").write_text(cfg.to_toml())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.manifest_sha256, comm.size, comm.num_workers,
                         setup.resume)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
-        print(f"fedmpi: {cfg.model} on {fed.folder} ({fed.num_clients} clients, {m} per round), "
-              f"{comm.size} rank(s), {comm.num_workers} worker(s){idle}, device {setup.device}, "
+        print(f"fedmpi: {cfg.model} ({flat.dim:,} weights, {cfg.precision}) on {fed.folder} ({fed.num_clients} "
+              f"clients, {m} per round), {comm.size} rank(s), {comm.num_workers} worker(s){idle}, "
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
-    if comm.is_worker:
-        worker = Worker(cfg, fed, flat, setup.shards, comm.worker_index, comm.num_workers)
+        kinds = {t: sum(x == t for x in trainers) for t in trainers if t is not None}
+        print("fedmpi: workers train on " + "; ".join(f"{t}{f' ({n} workers)' if len(kinds) > 1 else ''}"
+                                                     for t, n in kinds.items()), flush=True)
 
     for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()

@@ -23,6 +23,7 @@ unfinished runs as one SLURM array of jobs/fedavg.sbatch instead.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import shlex
@@ -36,10 +37,12 @@ import tomli_w
 
 from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, build_config, read_toml
 from fedmpi.errors import FedMPIError
+from fedmpi.runfolder import hold_lock
 
 SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
 SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
 # Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed"}
 
 
@@ -149,6 +152,12 @@ def default_launcher(ranks: int) -> list[str]:
     return [str(beside) if beside.exists() else "mpiexec", "-n", str(ranks)]
 
 
+def die_with_parent() -> None:
+    """In the child: get SIGTERM when the sweep dies (even by SIGKILL), so the job checkpoints and ends
+    instead of running on beside a rerun of the sweep (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) -> int:
     """Run the unfinished runs one after another; stop at a stop request, go on past failures."""
     failed, child, stop = [], None, []
@@ -171,7 +180,7 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         cmd = [*launcher, sys.executable, "-m", "fedmpi", "--config", str(paths[run.name]), "--resume"]
         print(f"sweep: [{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}: "
               f"{shlex.join(cmd)}", flush=True)
-        child = subprocess.Popen(cmd)
+        child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
         code = child.wait()
         if code in (75, 130):
             print(f"sweep: stopped during {run.name} (exit {code}); run the same command to go on", flush=True)
@@ -219,6 +228,7 @@ def main(argv: list[str]) -> int:
         paths = write_plan(settings, runs)
         if args.slurm:
             return submit_array(settings, runs, paths, rest[1:])
+        hold_lock(settings["out"] / ".fedmpi-sweep", "sweep folder")  # one sweep runner per folder
         launcher = shlex.split(args.launcher) if args.launcher else default_launcher(settings["ranks"])
         return run_locally(runs, paths, launcher)
     except FedMPIError as e:

@@ -6,8 +6,8 @@ rounds balanced, a sampled client may be trained away from home
 (fedavg.assign_to_workers); its shard is then read by that worker on first
 use and kept too, so each rank reads each shard at most once. The worker also
 evaluates its slice of the test set, so evaluation is split over the workers
-and summed in the same reduction as the updates. MLPs on a CPU train all of
-a worker's clients of a round together (fedmpi.stacked).
+and summed in the same reduction as the updates. How the clients train
+(stacked or one at a time) is the engine's business (fedmpi.engine).
 """
 from __future__ import annotations
 
@@ -19,11 +19,9 @@ import torch
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import (EVAL_CHUNK, FlatModel, Normalizer, RoundSums, assign_to_workers, client_generator,
-                           evaluate, home_worker, local_update)
-from fedmpi.stacked import StackedMLP, stackable
-
-MAX_STACK = 16  # clients trained together at most: bounds memory; results do not depend on it
+from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
+from fedmpi.engine.inputs import Normalizer
+from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker
 
 
 def on_device(arrays, device):
@@ -47,12 +45,12 @@ class Worker:
         self.num_workers = num_workers
         self.clients, self.test = shards
         norm = fed.manifest["normalize"]
-        self.normalize = Normalizer(norm["mean"], norm["std"], flat.weights.device)
+        prepare = Normalizer(norm["mean"], norm["std"], flat.weights.device, flat.weights.dtype)
+        self.engine = Engine(flat, prepare, cfg.stack_clients, next(iter(self.clients.values())))
         self.start = torch.empty_like(flat.weights)
         # float64 copies made once per round, not per client: w_k − w_t in float64 is exact.
         self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)
         self.delta64 = torch.empty_like(self.start64)
-        self.stacked = StackedMLP(flat) if stackable(flat) else None
 
     def step(self, weights: np.ndarray, round_: int | None, sampled: np.ndarray, evaluate_now: bool,
              sums: RoundSums) -> None:
@@ -62,7 +60,7 @@ class Worker:
         if evaluate_now:
             t = time.perf_counter()
             self.flat.weights.copy_(self.start)
-            correct, loss = evaluate(self.flat.model, *self.test, self.normalize)
+            correct, loss = self.engine.evaluate(*self.test)
             sums.add("correct", correct)
             sums.add("test_loss", loss)
             sums.add("test_count", len(self.test[1]))
@@ -73,31 +71,16 @@ class Worker:
         for slot, k in mine.items():
             if k not in self.clients:
                 self.clients[k] = on_device(self.fed.load_client(k), self.flat.weights.device)
-        if self.stacked:
-            self._train_stacked(round_, mine, sums)
-        else:
-            for slot, k in mine.items():
-                x, y = self.clients[k]
-                self.flat.weights.copy_(self.start)
-                loss = local_update(self.flat, x, y, self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,
-                                    client_generator(self.cfg.seed, round_, k), self.normalize)
-                self._add(round_, k, slot, self.flat.weights, loss, sums)
+        slots = list(mine)
+        for stack in self.engine.stacks([len(self.clients[mine[slot]][1]) for slot in slots]):
+            stack = [slots[i] for i in stack]
+            weights, losses = self.engine.train(
+                self.start, [self.clients[mine[slot]] for slot in stack],
+                [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
+                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr)
+            for row, slot in enumerate(stack):
+                self._add(round_, mine[slot], slot, weights[row], losses[row], sums)
         sums.add("train_seconds", time.perf_counter() - t)
-
-    def _train_stacked(self, round_: int, mine: dict[int, int], sums: RoundSums) -> None:
-        """The clients of equal size together (all of them, for equal shards)."""
-        by_size: dict[int, list[int]] = {}
-        for slot, k in mine.items():
-            by_size.setdefault(len(self.clients[k][1]), []).append(slot)
-        groups = [slots[i:i + MAX_STACK] for slots in by_size.values() for i in range(0, len(slots), MAX_STACK)]
-        for slots in groups:
-            ks = [mine[slot] for slot in slots]
-            weights, losses = self.stacked.train(
-                self.start, [self.clients[k] for k in ks],
-                [client_generator(self.cfg.seed, round_, k) for k in ks],
-                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr, self.normalize)
-            for row, (slot, k) in enumerate(zip(slots, ks)):
-                self._add(round_, k, slot, weights[row], losses[row], sums)
 
     def _add(self, round_: int, k: int, slot: int, trained: torch.Tensor, loss: float, sums: RoundSums) -> None:
         """Client k's n_k·Δ_k into the round's sums, or its 'bad update' flag."""

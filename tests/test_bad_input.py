@@ -87,6 +87,7 @@ class Case:
     existing_run: bool = False        # --out exists already (an earlier run, a file): must stay unchanged
     extra: list[str] = field(default_factory=lambda: ["--rounds", "1"])  # before args: args override
     out: Path | None = None           # --out, if not tmp_path/run
+    env: dict | None = None           # extra environment (PYTHONPATH for a user's model)
 
 
 class Ctx:
@@ -364,6 +365,23 @@ for _name, _flag, _value, _expect, *_ranks in [
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
 
 
+# --- a user's model ("module:function", tests/user_models.py on PYTHONPATH) ---------------------
+
+USER_CODE = {"PYTHONPATH": str(Path(__file__).parent)}
+
+for _name, _model, _expect in [
+    ("user model module not importable", "no_such_module:net", ["'model'", "cannot import no_such_module",
+                                                                  "PYTHONPATH"]),
+    ("user model function missing", "user_models:nope", ["'model'", "user_models has no function nope"]),
+    ("user model builder raises", "user_models:broken_net", ["'model'", "broken_net", "needs 3 channels"]),
+    ("user model is no function", "user_models:not_a_model", ["'model'", "no function not_a_model"]),
+    ("user model returns no nn.Module", "user_models:layer_list", ["'model'", "returned a list", "nn.Module"]),
+    ("model name neither built-in nor module:function", "my model", ["'model'", "unknown model 'my model'",
+                                                                     "package.module:function"]),
+]:
+    case(_name)(lambda c, m=_model, e=_expect: Case(["--data", str(c.fed), "--model", m], e, env=USER_CODE))
+
+
 # --- the TOML file ------------------------------------------------------------------------------
 
 @case("TOML file missing")
@@ -506,7 +524,7 @@ def test_bad_input_gives_one_line_naming_it_and_writes_nothing(name, tmp_path, r
     before = snapshot(watched) if watched else None
     assert not out.exists() or spec.existing_run
 
-    r = launch(spec.ranks, [*spec.extra, *spec.args, "--out", str(out)], timeout=TIMEOUT_S)
+    r = launch(spec.ranks, [*spec.extra, *spec.args, "--out", str(out)], timeout=TIMEOUT_S, env=spec.env)
 
     shown = f"exit {r.returncode} after {r.seconds:.1f} s\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert r.returncode == 2, shown

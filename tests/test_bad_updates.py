@@ -3,7 +3,9 @@
 
 from fedmpi.metrics import read_metrics
 from helpers import final_weights, launch
-from test_fedavg_reference import REL_TOL, initial_weights, seq_fedavg, update_error
+import numpy as np
+
+from test_fedavg_reference import FLOAT64, TOL, seq_fedavg
 
 POISON_CLIENT_3_IN_ROUND_1 = """
 import sys
@@ -18,7 +20,7 @@ from fedmpi.cli import main
 sys.exit(main())
 """
 FLAGS = ["--fraction", "1.0", "--epochs", "1", "--batch-size", "50", "--lr", "0.05", "--rounds", "1",
-         "--seed", "2", "--threads", "1"]
+         "--seed", "2", *FLOAT64]
 
 
 def test_a_non_finite_update_aborts_naming_round_and_client(federation, tmp_path):
@@ -36,7 +38,6 @@ def test_skip_drops_the_bad_client_and_renormalises(federation, tmp_path):
     assert r.returncode == 0, r.stderr
     assert read_metrics(tmp_path / "run")[1]["skipped_clients"] == [3]
     expected = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=2, exclude=(3,))
-    start = initial_weights(fed, "2nn", 2)
-    assert update_error(final_weights(tmp_path / "run"), expected, start) < REL_TOL
+    assert np.abs(final_weights(tmp_path / "run") - expected).max() < TOL
     # Keeping client 3 would be far outside that tolerance, so the check can fail.
-    assert update_error(seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=2), expected, start) > 3 * REL_TOL
+    assert np.abs(seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=2) - expected).max() > 1e-3

@@ -1,4 +1,4 @@
-"""fedmpi.linear_sgd: a Linear layer that steps itself in backward is plain SGD, exactly.
+"""engine.linear_sgd: a Linear layer that steps itself in backward is plain SGD, exactly.
 
 Checked against autograd + a textbook SGD step on the same model, in float64 (where the
 fused GEMM and the separate gradient can differ only by rounding far below what a wrong
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from fedmpi.data import Federation
-from fedmpi.fedavg import FlatModel
-from fedmpi.linear_sgd import forward_with_sgd
+from fedmpi.engine import FlatModel
+from fedmpi.engine.linear_sgd import FusedLinearLayers
 from fedmpi.models import build_model
 
 LR = 0.05
@@ -30,9 +30,10 @@ def test_fused_steps_equal_autograd_and_sgd_in_float64(client, model):
     fed, x, y = client
     fused = build_model(model, fed.image_shape, fed.num_classes, seed=1).double()
     plain = copy.deepcopy(fused)
+    FusedLinearLayers(fused).lr = LR
     for i in range(0, 600, 10):
         xb, yb = x[i:i + 10], y[i:i + 10]
-        F.cross_entropy(forward_with_sgd(fused, xb, LR), yb).backward()
+        F.cross_entropy(fused(xb), yb).backward()
         F.cross_entropy(plain(xb), yb).backward()
         with torch.no_grad():
             for p in fused.parameters():  # only the convolutions have gradients
@@ -51,6 +52,7 @@ def test_fused_steps_equal_autograd_and_sgd_in_float64(client, model):
 def test_linear_layers_get_no_gradient_and_the_rest_do(client):
     fed, x, y = client
     flat = FlatModel(build_model("cnn", fed.image_shape, fed.num_classes, seed=1), torch.device("cpu"))
-    F.cross_entropy(forward_with_sgd(flat.model, x[:10].float(), LR), y[:10]).backward()
+    FusedLinearLayers(flat.model).lr = LR
+    F.cross_entropy(flat.model(x[:10].float()), y[:10]).backward()
     for name, p in flat.model.named_parameters():
         assert (p.grad is None) == name.startswith(("7.", "9.")), name  # the two Linear layers

@@ -88,7 +88,8 @@ def uninterrupted(slurm, federation, tmp_path_factory):
 def test_fedavg_sbatch_trains_a_config_to_the_end(uninterrupted):
     run, log = uninterrupted
     assert "srun --mpi=pmi2" in log
-    assert "3 rank(s), 2 worker(s), device cpu, 1 thread(s)/rank" in log  # threads from SLURM_CPUS_PER_TASK
+    assert "3 rank(s), 2 worker(s), 1 thread(s)/rank" in log  # threads from SLURM_CPUS_PER_TASK
+    assert "workers train on cpu" in log
     assert [r["round"] for r in read_metrics(run)] == list(range(7))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ranks"] == 3 and summary["final_test_accuracy"] > 0.8

@@ -241,3 +241,35 @@ def test_bad_sweep_file_is_one_error_line_and_exit_2(text, expected, tmp_path):
         assert part in lines[0], lines[0]
     assert "Traceback" not in r.stderr and not r.stdout
     assert not out.exists()
+
+
+def test_one_sweep_runner_per_folder_and_its_job_ends_with_it(swept, federation, tmp_path):
+    """A second runner of the same sweep is refused while the first runs; SIGKILL of the runner ends its
+    job too (SIGTERM: it checkpoints), so rerunning the sweep never puts two jobs on one run folder."""
+    out = tmp_path / "out"
+    slow = {**BASE, "rounds": 40}
+    sweep_file = write_sweep(tmp_path / "s.toml", out, {**slow, "data": str(federation())}, grid={"lr": LRS},
+                             ranks=2)
+    proc = subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(read_metrics(out / "lr0.05")) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "the first run did not start"
+            time.sleep(0.2)
+        second = sweep(sweep_file, timeout=60)
+        assert second.returncode == 2 and "in use by another job" in second.stderr, second.stderr
+        assert [line for line in second.stderr.splitlines() if ERROR_LINE.match(line)] == \
+            second.stderr.splitlines(), second.stderr
+        os.kill(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=60)  # returns when the job, which shares its stdout, has ended
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stop requested; checkpoint of round" in output, output
+    assert [state for _, state, _ in listing(sweep_file)] == ["partial", "new"]
+    again = sweep(sweep_file)
+    assert again.returncode == 0 and "lr0.05: resuming" in again.stdout, f"{again.stdout}\n{again.stderr}"
+    reference = tmp_path / "direct"
+    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
+    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))

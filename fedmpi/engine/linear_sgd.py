@@ -10,13 +10,16 @@ fast orientation. A CNN step at B = 10 is ~10 % shorter (docs/performance.md).
 
 The same Function serves one client (x: (B, in), W: (in, out), b: (out,))
 and a stack of G clients (x: (G, B, in), W: (G, in, out), b: (G, out),
-fedmpi.stacked); each slice of the batched products rounds exactly as the
-unbatched one (tests/test_stacked.py), so a client's result does not depend
+fedmpi.engine.mlp); each slice of the batched products rounds exactly as the
+unbatched one (tests/test_engine.py), so a client's result does not depend
 on how it was trained. Parameters updated here get no .grad.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FEW_ROWS = 32  # batch rows below which the input's gradient is computed transposed (see backward)
@@ -56,8 +59,20 @@ def linear_sgd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lr: fl
     return LinearSGD.apply(x, weight, bias, lr)
 
 
-def forward_with_sgd(model: nn.Sequential, x: torch.Tensor, lr: float) -> torch.Tensor:
-    """The model's forward pass, with its Linear layers stepping themselves in backward."""
-    for layer in model:
-        x = linear_sgd(x, layer.weight.t(), layer.bias, lr) if isinstance(layer, nn.Linear) else layer(x)
-    return x
+class FusedLinearLayers:
+    """Makes every Linear layer (with a bias) of a model step itself in backward, at `self.lr`.
+
+    Only while gradients are recorded: under no_grad (evaluation) the layers compute as usual.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.lr = 0.0
+        for layer in model.modules():
+            if type(layer) is nn.Linear and layer.bias is not None:
+                layer.forward = functools.partial(self._forward, layer)
+
+    def _forward(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, layer.weight, layer.bias)
+        out = linear_sgd(x.reshape(-1, x.shape[-1]), layer.weight.t(), layer.bias, self.lr)
+        return out.reshape(*x.shape[:-1], out.shape[-1])

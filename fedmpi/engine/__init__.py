@@ -1,0 +1,160 @@
+"""The client engine: the local SGD of a round's clients, for any model, on any device.
+
+A worker hands the engine its clients of a round; the engine groups them
+into stacks (clients of equal size, at most `stack_clients` each) and
+trains each stack from the broadcast weights with one training loop
+(`local_sgd`) over one of three step functions:
+
+| device | model | step (module) | stack |
+|---|---|---|---|
+| CPU | MLP (Flatten, Linear, ReLU) | batched matmuls with a fused SGD step (`engine.mlp`) | ≤ 16 |
+| CPU | any other | one client at a time through the module (`engine.loop`) | 1 |
+| CUDA | any | `torch.func.vmap` over stacked parameters, replayed from a CUDA graph (`engine.stacked`) | ≤ 128 |
+
+`stack_clients = 1` trains one client at a time anywhere (the reference
+path); `N > 1` stacks at most N (through vmap, for a model that is no MLP,
+on a CPU too). vmap over CNN clients was 25 % slower per client than one at
+a time on one CPU core (docs/performance.md). A model vmap cannot take
+(dropout, an operator without a batching rule) is trained one client at a
+time, and `describe()` says why.
+
+On a CPU, with the defaults, a client's result does not depend on which
+clients share its stack (bitwise, tests/test_engine.py), so results do not
+depend on the rank count.
+"""
+from __future__ import annotations
+
+import torch
+
+from fedmpi.engine.flat import FlatModel
+from fedmpi.engine.loop import LoopStep
+from fedmpi.engine.loss import correct, token_cross_entropy
+from fedmpi.engine.mlp import FusedMLPStep, is_mlp
+from fedmpi.engine.stacked import GraphedTraining, VmapStep
+
+DEFAULT_STACK = {"cpu": 16, "cuda": 128}
+EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
+
+
+def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor, batch: int,
+              lr: float, prepare) -> torch.Tensor:
+    """E epochs of minibatch SGD for each of the G clients whose weights are the rows of `rows` (in place).
+
+    x, y: the clients' examples (G, n, ...); orders (G, E, n): each client's order of its examples in
+    each epoch; batch 0 is the whole local set (B = ∞). Returns each client's summed batch losses (G,)
+    on the device. Capturable in a CUDA graph: no host synchronisation, every shape fixed by the inputs.
+    """
+    g, epochs, n = orders.shape
+    b = n if batch == 0 else batch
+    clients = torch.arange(g, device=orders.device).unsqueeze(1)
+    total = torch.zeros(g, dtype=rows.dtype, device=rows.device)
+    step.begin(rows, lr)
+    for e in range(epochs):
+        for i in range(0, n, b):
+            idx = orders[:, e, i:i + b]
+            total += step(prepare(x[clients, idx]), y[clients, idx])
+    step.end(rows)
+    return total
+
+
+class Engine:
+    """Trains one worker's clients of a model (a FlatModel on the worker's device)."""
+
+    def __init__(self, flat: FlatModel, prepare, stack_clients: int, example: tuple[torch.Tensor, torch.Tensor]):
+        self.flat = flat
+        self.prepare = prepare
+        device = flat.weights.device.type
+        self.limit = stack_clients or DEFAULT_STACK.get(device, 16)
+        self.why_alone = None
+        if self.limit == 1:
+            self.step = LoopStep(flat)
+        elif device == "cpu" and is_mlp(flat.model):
+            self.step = FusedMLPStep(flat)
+        elif device == "cpu" and not stack_clients:
+            self.step, self.limit = LoopStep(flat), 1
+        else:
+            self.step = VmapStep(flat)
+            self.why_alone = self._probe(*example)
+            if self.why_alone:
+                self.step, self.limit = LoopStep(flat), 1
+        self.graphed = GraphedTraining(self._local_sgd) if device == "cuda" and isinstance(self.step, VmapStep) \
+            else None
+
+    def _local_sgd(self, rows, x, y, orders, batch, lr):
+        return local_sgd(self.step, rows, x, y, orders, batch, lr, self.prepare)
+
+    def _probe(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
+        """None if the stacked step runs on two clients of these examples, else why not (one line)."""
+        x, y = x[:2].expand(2, *x[:2].shape), y[:2].expand(2, *y[:2].shape)
+        orders = torch.arange(len(y[0]), device=y.device).expand(2, 1, -1)
+        try:
+            self._local_sgd(self.flat.weights.repeat(2, 1), x, y, orders, 0, 0.0)
+        except Exception as e:  # noqa: BLE001 (any failure means: do not stack this model)
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        return None
+
+    def describe(self) -> str:
+        how = self.step.name + (", replayed from CUDA graphs" if self.graphed else "")
+        if self.limit > 1:
+            how += f", up to {self.limit} clients together"
+        if self.why_alone:
+            how += f" (this model cannot be stacked: {self.why_alone})"
+        return how
+
+    def stacks(self, sizes: list[int]) -> list[list[int]]:
+        """The positions of clients with these sizes, grouped into stacks of equal size, in order."""
+        by_size: dict[int, list[int]] = {}
+        for i, n in enumerate(sizes):
+            by_size.setdefault(n, []).append(i)
+        return [same[i:i + self.limit] for same in by_size.values() for i in range(0, len(same), self.limit)]
+
+    def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
+              generators: list[torch.Generator], epochs: int, batch: int, lr: float):
+        """E epochs of minibatch SGD from `start` for each client of one stack (equal sizes).
+
+        Returns their weights as the rows of a (G, dim) tensor and each one's mean batch loss.
+        Client k's example order in each epoch is a torch.randperm from its own generator; a
+        model trained one client at a time draws its own random numbers (dropout) from torch's
+        global generator, seeded from that generator next.
+        """
+        g, n = len(data), len(data[0][1])
+        device = start.device
+        orders = torch.stack([torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
+                              for gen in generators]).to(device)
+        if isinstance(self.step, LoopStep):  # dropout & co. draw from (seed, round, client) alone
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generators[0])))
+        x = torch.stack([x for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
+        y = torch.stack([y for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
+        rows = start.repeat(g, 1)
+        if self.graphed:
+            try:
+                total = self.graphed(rows, x, y, orders, batch, lr)
+            except RuntimeError as e:  # a capture that fails: eager from now on, said once
+                print(f"fedmpi: warning: CUDA graph capture failed ({str(e).splitlines()[0]}); "
+                      "training stacks without graphs", flush=True)
+                self.graphed = None
+                rows = start.repeat(g, 1)
+        if not self.graphed:
+            total = self._local_sgd(rows, x, y, orders, batch, lr)
+        steps = epochs * -(-n // (batch or n))
+        return rows, [float(t) / steps for t in total.cpu()]
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(number correct, summed cross-entropy) of the weights in flat.weights on (x, y).
+
+        Each chunk's loss is summed in the model's dtype then added in float64, so with
+        chunk-aligned slices the total does not depend on how many workers share the test set.
+        """
+        model = self.flat.model
+        model.eval()
+        right, loss = 0.0, 0.0
+        for i in range(0, len(y), EVAL_CHUNK):
+            logits = model(self.prepare(x[i:i + EVAL_CHUNK]))
+            loss += float(token_cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum"))
+            right += float(correct(logits, y[i:i + EVAL_CHUNK]))
+        model.train()
+        return right, loss
+
+
+__all__ = ["Engine", "FlatModel", "local_sgd"]

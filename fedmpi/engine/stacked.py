@@ -1,0 +1,88 @@
+"""G clients stacked through torch.func: any model, any device; on CUDA replayed from a graph.
+
+A client's step is one function of (parameters, buffers, batch):
+`grad_and_value` of its loss through `functional_call`, mapped over the G
+clients' stacked parameters, buffers and batches by `vmap`, then one
+`_foreach_add_` step for all of them. BatchNorm's running statistics are
+stacked too, so each client updates its own. Randomness inside the model
+(dropout) is refused (`randomness="error"`): its draws would depend on the
+stack, and the engine then trains the model one client at a time.
+
+On CUDA a stack's whole local training (E epochs of steps, shapes static)
+is captured once per shape into a CUDA graph and replayed each round: the
+steps of small models are bound by kernel launches, which the graph removes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedmpi.engine.flat import FlatModel
+from fedmpi.engine.loss import token_cross_entropy
+
+
+class VmapStep:
+    name = "stacked (torch.func.vmap)"
+
+    def __init__(self, flat: FlatModel):
+        self.flat = flat
+
+        def loss_of(params, buffers, x, y):
+            return token_cross_entropy(functional_call(flat.model, (params, buffers), (x,)), y)
+        self.grad = vmap(grad_and_value(loss_of), randomness="error")
+
+    def begin(self, rows: torch.Tensor, lr: float) -> None:
+        self.params, self.views = self.flat.stacked(rows)
+        # vmap's batch norm updates its running statistics in contiguous copies of strided ones
+        self.buffers = {name: b.contiguous() for name, b in self.views.items()}
+        self.lr = lr
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        grads, losses = self.grad(self.params, self.buffers, x, y)
+        with torch.no_grad():
+            torch._foreach_add_(list(self.params.values()), [grads[n] for n in self.params], alpha=-self.lr)
+        return losses
+
+    def end(self, rows: torch.Tensor) -> None:
+        with torch.no_grad():
+            for name in self.flat.buffer_names:
+                self.views[name].copy_(self.buffers[name])
+
+
+class GraphedTraining:
+    """Runs `train(rows, x, y, orders)` from a CUDA graph captured once per shape of its inputs.
+
+    The inputs are copied into the graph's static tensors before each replay and the trained
+    rows copied out after it; a capture that fails turns graphs off for good (eager from then on).
+    """
+
+    def __init__(self, train: Callable):
+        self.train = train
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def __call__(self, rows, x, y, orders, batch, lr):
+        key = (tuple(rows.shape), tuple(x.shape), tuple(y.shape), tuple(orders.shape), batch, lr)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(rows, x, y, orders, batch, lr)
+        graph, static, losses = self.graphs[key]
+        for s, v in zip(static, (rows, x, y, orders)):
+            s.copy_(v)
+        graph.replay()
+        rows.copy_(static[0])
+        return losses.clone()
+
+    def _capture(self, rows, x, y, orders, batch, lr):
+        static = [t.clone() for t in (rows, x, y, orders)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up, as CUDA graphs ask: one step, on the static copies
+            b = orders.shape[2] if batch == 0 else min(batch, orders.shape[2])
+            self.train(static[0], static[1], static[2], static[3][:, :1, :b], 0, lr)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            losses = self.train(*static, batch, lr)
+        return graph, static, losses

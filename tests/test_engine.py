@@ -1,0 +1,131 @@
+"""The client engine: clients trained together come out as if each were trained alone, alone as plain SGD.
+
+- One client at a time (engine.loop) equals a torch.optim.SGD loop written here, in float64.
+- An MLP stack on a CPU (engine.mlp, the default) equals one at a time bit for bit, and a client's
+  result does not depend on which clients share its stack: that is what keeps results independent
+  of the rank count (a worker stacks whichever clients it is dealt).
+- A vmap stack (engine.stacked, the CUDA path, forced here on the CPU) equals one at a time for the
+  CNN and for models with BatchNorm, GroupNorm and LayerNorm: allclose 1e-9 in float64 (both paths
+  compute the same sums in another order), and 1e-5 in float32 over four SGD steps. Not in float32:
+  BatchNorm2d right after a convolution, whose float32 gradients are off by ~1e-4 from float64 after
+  one step in either path (measured), so the two paths differ by as much; the float64 case checks it.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedmpi.data import Federation
+from fedmpi.engine import Engine, FlatModel
+from fedmpi.engine.inputs import Normalizer
+from fedmpi.fedavg import client_generator
+from fedmpi.models import build_model
+
+sys.path.insert(0, str(Path(__file__).parent))  # user_models
+ROUND, LR = 3, 0.05
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@pytest.fixture(scope="module")
+def fed(federation):
+    torch.set_num_threads(1)
+    return Federation(federation("iid", clients=20))
+
+
+def make_engine(fed, model, stack, dtype=torch.float32, seed=4):
+    flat = FlatModel(build_model(model, fed.image_shape, fed.num_classes, seed), torch.device("cpu"), dtype)
+    norm = fed.manifest["normalize"]
+    clients = [tuple(map(torch.from_numpy, fed.load_client(k))) for k in range(4)]
+    return Engine(flat, Normalizer(norm["mean"], norm["std"], "cpu", dtype), stack, clients[0]), clients
+
+
+def train(engine, clients, ks, epochs, batch):
+    return engine.train(engine.flat.weights.clone(), [clients[k] for k in ks],
+                        [client_generator(0, ROUND, k) for k in ks], epochs, batch, LR)
+
+
+def test_one_client_at_a_time_is_plain_sgd(fed):
+    engine, clients = make_engine(fed, "user_models:bn_net", 1, torch.float64)
+    start = engine.flat.weights.clone()
+    weights, losses = train(engine, clients, [2], epochs=2, batch=50)
+    # The reference: the same model built afresh, a plain forward and torch.optim.SGD.
+    model = build_model("user_models:bn_net", fed.image_shape, fed.num_classes, seed=4).double()
+    x, y = clients[2]
+    norm = fed.manifest["normalize"]
+    mean, std = (torch.tensor(norm[k], dtype=torch.float64).view(-1, 1, 1) for k in ("mean", "std"))
+    x = (x.double() / 255 - mean) / std
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    gen = client_generator(0, ROUND, 2)
+    for _ in range(2):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 50):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[order[i:i + 50]]), y[order[i:i + 50]]).backward()
+            opt.step()
+    reference = dict([*model.named_parameters(), *model.named_buffers()])
+    for name in engine.flat.layout:  # the parameters, then the running statistics
+        got = engine.flat.view(weights[0], name)
+        assert torch.allclose(got, reference[name], rtol=0, atol=1e-12), name
+        assert name.endswith("running_var") or not torch.equal(got, engine.flat.view(start, name)), name
+    assert len(losses) == 1
+
+
+@pytest.mark.parametrize("epochs,batch", [(1, 10), (2, 50), (1, 0)])
+def test_mlp_stack_equals_clients_trained_alone_bitwise(fed, epochs, batch):
+    stacked, clients = make_engine(fed, "2nn", 0)
+    alone, _ = make_engine(fed, "2nn", 1)
+    assert "stacked MLP" in stacked.describe() and "one client at a time" in alone.describe()
+    weights, losses = train(stacked, clients, range(4), epochs, batch)
+    for k in range(4):
+        w, loss = train(alone, clients, [k], epochs, batch)
+        assert torch.equal(weights[k], w[0]), f"client {k}"
+        assert losses[k] == pytest.approx(loss[0], rel=1e-6)  # a mean over B, summed in another order
+    assert not torch.equal(weights[0], stacked.flat.weights)  # it did train
+
+
+@pytest.mark.parametrize("batch", [10, 50])
+def test_a_client_does_not_depend_on_its_stack(fed, batch):
+    engine, clients = make_engine(fed, "2nn", 0)
+    all4, losses4 = train(engine, clients, [0, 1, 2, 3], 1, batch)
+    for ks in ([3], [1, 2], [3, 0, 2]):
+        part, losses = train(engine, clients, ks, 1, batch)
+        for row, k in enumerate(ks):
+            assert torch.equal(part[row], all4[k]), f"client {k} in stack {ks}"
+            assert losses[row] == losses4[k]
+
+
+@pytest.mark.parametrize("model,precision,tol", [
+    *((m, "float32", 1e-5) for m in ("cnn", "user_models:bn_mlp", "user_models:norm_net")),
+    *((m, "float64", 1e-9) for m in ("cnn", "user_models:bn_net", "user_models:bn_mlp", "user_models:norm_net"))])
+def test_vmap_stack_equals_clients_trained_alone(fed, model, precision, tol):
+    dtype = DTYPES[precision]
+    stacked, clients = make_engine(fed, model, 3, dtype)
+    alone, _ = make_engine(fed, model, 1, dtype)
+    assert "vmap" in stacked.describe()
+    clients = [(x[:100], y[:100]) for x, y in clients]  # 2 epochs of 2 steps: quick in float64 too
+    start = stacked.flat.weights.clone()
+    weights, losses = train(stacked, clients, [0, 1, 2], 2, 50)
+    for k in range(3):
+        w, loss = train(alone, clients, [k], 2, 50)
+        assert torch.allclose(weights[k], w[0], rtol=0, atol=tol), \
+            f"client {k}: max difference {(weights[k] - w[0]).abs().max():.2e}"
+        assert losses[k] == pytest.approx(loss[0], rel=tol)
+        assert (w[0] - start).abs().max() > 100 * tol  # it trained, far more than the tolerance
+
+
+def test_batchnorm_statistics_are_trained_per_client(fed):
+    engine, clients = make_engine(fed, "user_models:bn_net", 3)
+    weights, _ = train(engine, clients, [0, 1, 2], 1, 50)
+    mean = engine.flat.layout["features.1.running_mean"]
+    stats = weights[:, mean[0]:mean[0] + 8]
+    assert not torch.equal(stats[0], stats[1])  # each client's own data moved its own statistics
+    assert torch.equal(engine.flat.weights[mean[0]:mean[0] + 8], torch.zeros(8))  # the start is untouched
+
+
+def test_a_model_vmap_cannot_stack_is_trained_one_at_a_time_and_says_why(fed):
+    engine, clients = make_engine(fed, "user_models:dropout_net", 4)
+    assert "cannot be stacked" in engine.describe() and "random" in engine.describe()
+    first, _ = train(engine, clients, [1], 1, 50)
+    again, _ = train(engine, clients, [1], 1, 50)
+    assert torch.equal(first, again)  # dropout draws from (seed, round, client) alone

@@ -1,0 +1,45 @@
+"""A user's own model, named "module:function": any nn.Module, with buffers, trains under MPI like the built-ins.
+
+tests/user_models.py stands for the user's code; it is put on PYTHONPATH as a user would. BatchNorm's
+running statistics are part of the averaged state, so the final model.pt holds them averaged, and a
+3-rank run equals a 1-process run bit for bit (same threads per rank).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmpi.metrics import read_metrics
+from helpers import final_weights, train
+
+USER_CODE = {"PYTHONPATH": str(Path(__file__).parent)}
+FLAGS = ("--model", "user_models:bn_net", "--fraction", "0.1", "--epochs", "1", "--batch-size", "50",
+         "--lr", "0.05", "--rounds", "3", "--seed", "2", "--threads", "1")
+
+
+def comparable(run):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run)]
+
+
+def test_a_user_model_with_batchnorm_trains_alike_on_3_ranks_and_on_one(federation, tmp_path):
+    fed = federation()
+    many = train(3, fed, tmp_path / "p3", *FLAGS, env=USER_CODE)
+    train(0, fed, tmp_path / "p1", *FLAGS, env=USER_CODE)
+    assert "user_models:bn_net" in many.stdout and "workers train on cpu: one client at a time" in many.stdout
+    assert comparable(tmp_path / "p3") == comparable(tmp_path / "p1")
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("p3", "p1"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "features.1.running_mean" in a and not torch.equal(a["features.1.running_mean"], torch.zeros(8))
+    accuracy = json.loads((tmp_path / "p3" / "summary.json").read_text())["final_test_accuracy"]
+    assert accuracy > 0.8, accuracy  # it learns: 3 rounds of 10 clients
+
+
+def test_a_model_with_dropout_is_trained_alike_on_any_rank_count(federation, tmp_path):
+    """Dropout draws from (seed, round, client) alone, so which rank trains a client does not matter."""
+    fed = federation()
+    flags = [*FLAGS]
+    flags[1] = "user_models:dropout_net"
+    train(3, fed, tmp_path / "p3", *flags, env=USER_CODE)
+    train(2, fed, tmp_path / "p2", *flags, env=USER_CODE)
+    np.testing.assert_array_equal(final_weights(tmp_path / "p3"), final_weights(tmp_path / "p2"))
