@@ -2,6 +2,7 @@
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--seed {args.seed}: must be >= 0")
     if args.unbalance and args.partition != "iid":
         p.error("--unbalance goes with --partition iid only")
+    if not 0 <= args.unbalance <= partition.MAX_UNBALANCE:  # nan too
+        p.error(f"--unbalance {args.unbalance:g}: must lie in 0..{partition.MAX_UNBALANCE:g}")
     return args
 
 
@@ -75,9 +78,19 @@ def main(argv: list[str]) -> None:
     )
 
 
+def stop(signum, frame):
+    """SIGTERM (scancel, a time limit): the writer stops at its next file and removes what it wrote.
+    (Raising here could land in a destructor, which swallows exceptions.)"""
+    writer.STOP.set()
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
     try:
         main(sys.argv[1:])
     except FedMPIError as e:
         print(f"data_prep: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except writer.Stopped:
+        print("data_prep: stopped by SIGTERM; nothing was written", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

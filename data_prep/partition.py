@@ -10,6 +10,8 @@ import numpy as np
 
 from fedmpi.errors import FedMPIError
 
+MAX_UNBALANCE = 10.0
+
 
 def _check_clients(n: int, num_clients: int) -> None:
     if num_clients < 1:
@@ -22,8 +24,9 @@ def iid(n: int, num_clients: int, rng: np.random.Generator, unbalance: float = 0
     """A random permutation cut into K parts: equal (sizes differ by at most 1 when K does not
     divide n), or with `unbalance` S > 0, sizes proportional to lognormal(0, S) draws, each >= 1."""
     _check_clients(n, num_clients)
-    if unbalance < 0:
-        raise FedMPIError(f"--unbalance {unbalance}: must be >= 0")
+    if not 0 <= unbalance <= MAX_UNBALANCE:  # also refuses nan
+        raise FedMPIError(f"--unbalance {unbalance}: must lie in 0..{MAX_UNBALANCE} (the sigma of a lognormal; "
+                          f"at {MAX_UNBALANCE} client sizes already span 20 orders of magnitude)")
     perm = rng.permutation(n)
     if unbalance == 0:
         return np.array_split(perm, num_clients)
@@ -33,10 +36,12 @@ def iid(n: int, num_clients: int, rng: np.random.Generator, unbalance: float = 0
 
 def _sizes_from_weights(weights: np.ndarray, n: int) -> np.ndarray:
     """Integer sizes >= 1 summing to n, proportional to `weights` (largest remainder rounding)."""
-    quota = (n - len(weights)) * weights / weights.sum()
+    quota = (n - len(weights)) * (weights / weights.max()) / (weights / weights.max()).sum()  # no overflow
     sizes = np.floor(quota).astype(np.int64)
     short = n - len(weights) - sizes.sum()
     sizes[np.argsort(sizes - quota, kind="stable")[:short]] += 1
+    if sizes.min() < 0 or sizes.sum() != n - len(weights):
+        raise AssertionError(f"client sizes do not add up to {n}")  # a bug, never a user's mistake
     return sizes + 1
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,9 +19,14 @@ import numpy as np
 from data_prep.sources import NUM_CLASSES, Dataset
 from fedmpi.errors import FedMPIError
 
+STOP = threading.Event()  # set (by a signal handler) to stop writing; the partial folder is removed
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TEST_FILE = "test.h5"
+
+
+class Stopped(Exception):
+    """Writing stopped on request (STOP); nothing was left behind."""
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -63,6 +69,7 @@ def write_federation(
         raise FedMPIError(f"--clients-per-file {clients_per_file}: must be >= 1")
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     tmp.mkdir()
     try:
@@ -87,10 +94,20 @@ def write_federation(
             "sha256": {p.name: _sha256_synced(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / MANIFEST).write_text(_manifest_json(manifest))
+        if STOP.is_set():
+            raise Stopped
         _replace(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Half-written federations of data_prep runs that were killed (SIGKILL, a node lost)."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
@@ -103,6 +120,8 @@ def _write_clients(folder: Path, data: Dataset, parts: list[np.ndarray], per_fil
     """One file per client (root group), or `per_file` clients per file in groups /clients/<id>."""
     entries = []
     for first in range(0, len(parts), per_file):
+        if STOP.is_set():
+            raise Stopped
         ids = range(first, min(first + per_file, len(parts)))
         name = f"client-{first:05d}.h5" if per_file == 1 else f"clients-{ids[0]:05d}-{ids[-1]:05d}.h5"
         with h5py.File(folder / name, "w") as f:

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from fedmpi.signals import StopRequests
 
     stops = StopRequests()  # first: a SLURM signal during the imports must not kill the job
-    from fedmpi.comm import Comm
+    from fedmpi.comm import Comm, omp_threads
     from fedmpi.config import build_config
     from fedmpi.data import Federation
     from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             args = parse_args(argv)  # --help: printed by rank 0 only
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
+        omp_threads()
         comm.set_workers(cfg.workers_per_node)
         fed = Federation(cfg.data)
         if comm.is_server:

@@ -13,6 +13,9 @@ import time
 
 import numpy as np
 
+from fedmpi.config import MAX_THREADS
+from fedmpi.errors import FedMPIError
+
 # MPICH (pip's wheel, Cray MPICH, Intel MPI read these; other MPIs ignore them): use binomial
 # trees for the two per-round collectives. Their default for large messages, scatter + ring
 # allgather, takes P steps that each wait for a sleeping rank to poll; measured with 9 ranks
@@ -113,6 +116,19 @@ class Comm:
         self.world.Abort(code)
 
 
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS as a number of threads, None if unset or not a number (OpenMP's own syntax).
+
+    Checked before torch is imported: a value out of range would make its OpenMP runtime warn on
+    every rank and torch fail later."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if not omp.isdigit():
+        return None
+    if not 1 <= int(omp) <= MAX_THREADS:
+        raise FedMPIError(f"OMP_NUM_THREADS={omp}: must be a whole number from 1 to {MAX_THREADS}")
+    return int(omp)
+
+
 def threads_per_rank(comm: Comm, requested: int) -> int:
     """Torch threads for this rank.
 
@@ -122,8 +138,8 @@ def threads_per_rank(comm: Comm, requested: int) -> int:
     """
     if requested:
         return requested
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(int(os.environ["OMP_NUM_THREADS"]), 1)
+    if omp_threads():
+        return omp_threads()
     cores = os.cpu_count() or 1
     bound = len(os.sched_getaffinity(0))
     if bound < cores:

@@ -21,6 +21,8 @@ from fedmpi.errors import FedMPIError
 BAD_UPDATE_POLICIES = ("abort", "skip")
 PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
+MAX_THREADS = 4096
+MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
 
 
 @dataclass
@@ -63,6 +65,8 @@ NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "thre
 
 def _parse_batch_size(value):
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "∞", "full"):
+        return 0
+    if isinstance(value, float) and value == math.inf:  # TOML's `batch_size = inf`
         return 0
     return value
 
@@ -135,8 +139,8 @@ def validate(cfg: RunConfig) -> None:
         bad("epochs", f"E must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 0:
         bad("batch_size", f"B must be a positive size, or 0 / 'inf' for the whole local set, got {cfg.batch_size}")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        bad("lr", f"the learning rate must be a finite number > 0, got {cfg.lr}")
+    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LR):
+        bad("lr", f"the learning rate must be a finite number > 0 and at most {MAX_LR:g}, got {cfg.lr}")
     if not 0 <= cfg.seed <= MAX_SEED:
         bad("seed", f"must lie in 0..{MAX_SEED} (2^63 - 1), got {cfg.seed}")
     if cfg.rounds < 0:
@@ -151,8 +155,13 @@ def validate(cfg: RunConfig) -> None:
         bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
     if cfg.workers_per_node < 0:
         bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
-    if cfg.threads < 0:
-        bad("threads", f"must be >= 0 (0 = automatic), got {cfg.threads}")
+    if not 0 <= cfg.threads <= MAX_THREADS:
+        bad("threads", f"must lie in 0..{MAX_THREADS} (0 = automatic), got {cfg.threads}")
+    for field in ("data", "out"):
+        try:
+            getattr(cfg, field).encode("utf-8")
+        except UnicodeEncodeError:
+            bad(field, f"the path {getattr(cfg, field)!r} is not valid UTF-8; choose a name in UTF-8")
     if cfg.precision not in PRECISIONS:
         bad("precision", f"choose one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     if cfg.stack_clients < 0:

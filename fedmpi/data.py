@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -17,6 +18,10 @@ import numpy as np
 from fedmpi.errors import FedMPIError
 
 FORMAT_VERSION = 1
+MAX_CLASSES = 1_000_000  # far above any dataset; keeps a typo from building a model of 2^31 outputs
+MAX_SIDE = 65_536        # largest image side (and channel count) accepted
+# Manifest fields that say how a federation was made, not what it holds (see Federation.fingerprint).
+PROVENANCE = ("command", "created", "source")
 MANIFEST_KEYS = ("format_version", "num_clients", "num_classes", "image_shape", "normalize", "test",
                  "clients", "sha256")
 
@@ -39,9 +44,10 @@ def _check_manifest(m: dict, path: Path) -> None:
 
     if not is_int(m["num_clients"], 1):
         bad("'num_clients'", f"must be an integer >= 1, found {m['num_clients']!r}")
-    if not is_int(m["num_classes"], 1):
-        bad("'num_classes'", f"must be an integer >= 1, found {m['num_classes']!r}")
-    if not (isinstance(m["image_shape"], list) and m["image_shape"] and all(is_int(s, 1) for s in m["image_shape"])):
+    if not (is_int(m["num_classes"], 1) and m["num_classes"] <= MAX_CLASSES):
+        bad("'num_classes'", f"must be an integer from 1 to {MAX_CLASSES:,}, found {m['num_classes']!r}")
+    if not (isinstance(m["image_shape"], list) and m["image_shape"]
+            and all(is_int(s, 1) and s <= MAX_SIDE for s in m["image_shape"])):
         bad("'image_shape'", f"must be a list of sizes such as [1, 28, 28], found {m['image_shape']!r}")
     if not isinstance(m["sha256"], dict):
         bad("'sha256'", "must map file names to checksums")
@@ -49,6 +55,12 @@ def _check_manifest(m: dict, path: Path) -> None:
     if not (isinstance(norm, dict) and all(isinstance(norm.get(k), list) and len(norm[k]) == m["image_shape"][0]
                                            for k in ("mean", "std"))):
         bad("'normalize'", f"must hold 'mean' and 'std' lists of {m['image_shape'][0]} value(s)")
+    for key in ("mean", "std"):
+        for v in norm[key]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (key == "std" and v <= 0):
+                bad("'normalize'", f"{key} values must be finite numbers{' > 0' if key == 'std' else ''}, "
+                    f"found {v!r}")
     entries = [("'test'", m["test"])]
     if not isinstance(m["clients"], list):
         bad("'clients'", "must be a list")
@@ -66,7 +78,12 @@ def _check_manifest(m: dict, path: Path) -> None:
 
 
 class Federation:
-    """A federation folder: its manifest, and loaders for client shards and the test set."""
+    """A federation folder: its manifest, and loaders for client shards and the test set.
+
+    `fingerprint` identifies the federation by what it holds (the manifest without how and
+    when it was made, so with every file's sha256): running the same data_prep command again
+    gives the same fingerprint, and checkpoints made on the first copy resume on the second.
+    """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -91,7 +108,8 @@ class Federation:
                               f"(this fedmpi reads version {FORMAT_VERSION}); re-run data_prep")
         _check_manifest(m, manifest_path)
         self.manifest = m
-        self.manifest_sha256 = sha256_of(manifest_path)
+        self.fingerprint = hashlib.sha256(json.dumps(
+            {k: v for k, v in m.items() if k not in PROVENANCE}, sort_keys=True).encode()).hexdigest()
         self.num_clients = m["num_clients"]
         self.num_classes = m["num_classes"]
         self.image_shape = tuple(m["image_shape"])

@@ -21,6 +21,8 @@ from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 from fedmpi.engine import FlatModel
 from fedmpi.fedavg import RoundSums, plan_round
+from fedmpi.files import remove_leftovers, write_atomically
+from fedmpi.metrics import read_metrics
 from fedmpi.models import build_model
 from fedmpi.runfolder import RunFolder, announce
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
@@ -37,7 +39,8 @@ class Setup:
     folder: RunFolder | None      # the claimed run folder, on rank 0
     flat: FlatModel               # the model, on this rank's device
     worker: Worker | None         # this rank's clients and engine; None on a server-only rank
-    resume: Checkpoint | None     # None: start at round 0 in an emptied run folder
+    resume: Checkpoint | None     # rank 0's: None to start at round 0 in an emptied run folder
+    history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -63,10 +66,11 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
-    checkpoint = None
-    if resume and (run_dir / CHECKPOINT).exists():
-        checkpoint = load_checkpoint(run_dir, with_weights=comm.is_server)
-        check_compatible(checkpoint, cfg, fed.manifest_sha256, run_dir / CHECKPOINT)
+    checkpoint, history = None, []
+    if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
+        checkpoint = load_checkpoint(run_dir, with_weights=True)
+        history = read_metrics(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
+        check_compatible(checkpoint, cfg, fed.fingerprint, run_dir / CHECKPOINT, history)
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
@@ -75,7 +79,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     if comm.is_worker:
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
         worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers)
-    return Setup(cfg, fed, run_dir, folder, flat, worker, checkpoint)
+    return Setup(cfg, fed, run_dir, folder, flat, worker, checkpoint, history)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -93,17 +97,18 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     weights = packet[:flat.dim]
     m = cfg.clients_per_round(fed.num_clients)
     sums = RoundSums(flat.dim, m)
-    start = setup.resume.round if setup.resume else 0
+    start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     server = None
     if comm.is_server:
         announce(setup.folder.fd)
         if setup.resume is None:
             setup.folder.reset()
-        (setup.run_dir / "config.toml").write_text(cfg.to_toml())
+        remove_leftovers(setup.run_dir)
+        write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
-        server = Server(cfg, setup.run_dir, weights, fed.manifest_sha256, comm.size, comm.num_workers,
-                        setup.resume)
+        server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
+                        setup.resume, setup.history)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         print(f"fedmpi: {cfg.model} ({flat.dim:,} weights, {cfg.precision}) on {fed.folder} ({fed.num_clients} "
               f"clients, {m} per round), {comm.size} rank(s), {comm.num_workers} worker(s){idle}, "

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from fedmpi.errors import FedMPIError
+from fedmpi.files import cannot_write, write_atomically
 
 
 class MetricsLog:
@@ -11,15 +13,16 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict]):
         self.path = run_dir / "metrics.jsonl"
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.file = open(self.path, "a")
         self.total_rounds = total_rounds
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
         print(console_line(record, self.total_rounds), flush=True)
 
     def close(self) -> None:
@@ -42,18 +45,31 @@ def console_line(r: dict, total_rounds: int) -> str:
     return " | ".join(parts)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: Path, notice=None) -> list[dict]:
+    """The records of metrics.jsonl, each checked: a last line torn by a kill mid-write is dropped
+    (and `notice` called with why; that round is redone on resume), damage elsewhere is a FedMPIError
+    naming the line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
-    try:
-        records += [json.loads(line) for line in lines[-1:]]
-    except json.JSONDecodeError:
-        pass  # a line torn by a kill mid-write; that round is redone on resume
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
+                raise ValueError("not a round's record")
+        except ValueError as e:
+            if number == len(lines):  # the last line, without its newline: torn by a stop mid-write
+                if notice:
+                    notice(f"{path}: line {number} was torn by a stop mid-write; dropped")
+                break
+            raise FedMPIError(f"{path}: line {number} is damaged ({e}); fix or delete that line") from None
+        records.append(record)
     return records
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -7,6 +7,7 @@ make w_{t+1}. So round t's line is written at step t, when its accuracy is known
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 
@@ -17,16 +18,17 @@ from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import RoundSums, fedavg_update
-from fedmpi.metrics import MetricsLog, read_metrics, write_json
+from fedmpi.files import write_atomically
+from fedmpi.metrics import MetricsLog, write_json
 
 
 class Server:
-    def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, manifest_sha256: str,
-                 num_ranks: int, num_workers: int, resume: Checkpoint | None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
+                 num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict]):
         self.cfg = cfg
         self.run_dir = run_dir
         self.weights = weights
-        self.manifest_sha256 = manifest_sha256
+        self.federation = federation
         self.num_ranks = num_ranks
         self.num_workers = num_workers
         self.history: list[dict] = []
@@ -34,7 +36,7 @@ class Server:
         self.target_round: int | None = None  # the round whose weights reached cfg.target_accuracy
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
-            self.history = [r for r in read_metrics(run_dir) if r["round"] < resume.round]
+            self.history = [r for r in history if r["round"] < resume.round]
             self.pending = resume.pending
             weights[:] = resume.weights
         self.log = MetricsLog(run_dir, cfg.rounds, self.history)
@@ -55,8 +57,11 @@ class Server:
                   f"{'; stopping' if step < self.cfg.rounds else ''}", flush=True)
             if step < self.cfg.rounds:
                 # w_step is the result: the update trained in this step is dropped, and the
-                # checkpoint makes a --resume of this run stop here again.
+                # checkpoint makes a --resume of this run stop here again, rewriting this
+                # round's record as it is now.
+                self.pending = {k: v for k, v in record.items() if k not in ("test_accuracy", "test_loss")}
                 self.checkpoint(step)
+                self.pending = None
                 return
         if step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
@@ -78,15 +83,16 @@ class Server:
     def checkpoint(self, round_: int) -> float:
         """Save w_round atomically; returns the seconds it took."""
         t = time.perf_counter()
-        save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.manifest_sha256,
+        save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
                                                  self.pending, self.weights))
         return time.perf_counter() - t
 
     def finish(self, model: torch.nn.Module) -> None:
         """Write the final model and summary.json."""
         self.log.close()
-        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                   self.run_dir / "model.pt")
+        model_file = io.BytesIO()
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, model_file)
+        write_atomically(self.run_dir / "model.pt", model_file.getvalue())
         evaluated = [r for r in self.history if "test_accuracy" in r]
         final = evaluated[-1] if evaluated else {}
         best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else {}

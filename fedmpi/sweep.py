@@ -118,12 +118,16 @@ def run_name(point: dict, varying: list[str]) -> str:
 
 
 def status(run: Run) -> str:
-    """complete | partial (has a checkpoint) | new."""
+    """complete | partial (has a checkpoint) | new. An unreadable summary (a run of an older fedmpi
+    stopped while writing it) means not complete: the run is resumed, which rewrites it."""
     folder = run.folder()
     summary = folder / "summary.json"
     if summary.exists() and (folder / "config.toml").exists():
-        done = json.loads(summary.read_text())
-        recorded = read_toml(str(folder / "config.toml"), check_keys=False)
+        try:
+            done = json.loads(summary.read_text())
+            recorded = read_toml(str(folder / "config.toml"), check_keys=False)
+        except (ValueError, FedMPIError):
+            done, recorded = {}, {}
         # Fields that change the result or its end; others (threads, eval_every, ...) may differ.
         same = all(recorded.get(k) == run.config[k] for k in FIELD_NAMES
                    if k not in NON_SEMANTIC or k in ("rounds", "target_accuracy"))

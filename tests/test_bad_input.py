@@ -229,6 +229,25 @@ def _(c):
     return Case(["--data", str(fed)], [SHARD, "expected uint8 [599, 1, 28, 28]"])
 
 
+@case("manifest num_classes of 2^31")
+def _(c):
+    fed = c.broken()
+    edit_manifest(fed, lambda m: m.__setitem__("num_classes", 2**31))
+    return Case(["--data", str(fed)], ["manifest.json", "'num_classes'", "2147483648"])
+
+
+for _name, _key, _value, _expect in [
+    ("manifest normalize std 0", "std", [0], ["'normalize'", "std", "> 0", "found 0"]),
+    ("manifest normalize mean NaN", "mean", [float("nan")], ["'normalize'", "mean", "finite", "nan"]),
+    ("manifest normalize std a string", "std", ["x"], ["'normalize'", "std", "'x'"]),
+]:
+    def _build(c, key=_key, value=_value, expect=_expect):
+        fed = c.broken()
+        edit_manifest(fed, lambda m: m["normalize"].__setitem__(key, value))
+        return Case(["--data", str(fed)], ["manifest.json", *expect])
+    case(_name)(_build)
+
+
 @case("shard without a sha256 entry")
 def _(c):
     fed = c.broken()
@@ -359,7 +378,10 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("seed = 2^64", "--seed", str(2**64), ["'seed'", str(2**64)]),
     ("rounds = -1", "--rounds", "-1", ["'rounds'", ">= 0"]),
     ("eval_every = 0", "--eval-every", "0", ["'eval_every'", ">= 1"]),
-    ("threads = -2", "--threads", "-2", ["'threads'", ">= 0"]),
+    ("threads = -2", "--threads", "-2", ["'threads'", "0..4096"]),
+    ("lr = 1e39 (beyond float32)", "--lr", "1e39", ["'lr'", "at most 1e+06", "1e+39"]),
+    ("precision float16", "--precision", "float16", ["'precision'", "float32, float64"]),
+    ("stack_clients = -1", "--stack-clients", "-1", ["'stack_clients'", ">= 0"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
@@ -423,6 +445,29 @@ def _(c):
 def _(c):
     path = c.toml(f'data = "{c.fed}"\nepochs = "five"\n')
     return Case(["--config", path], ["'epochs'", "expected int", "'five'"], ranks=CONFIG_RANKS)
+
+
+@case("TOML lr = 1e308")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nlr = 1e308\n')
+    return Case(["--config", path], ["'lr'", "at most"], ranks=CONFIG_RANKS)
+
+
+@case("TOML threads = 1e30")
+def _(c):
+    path = c.toml(f'data = "{c.fed}"\nthreads = 1e30\n')
+    return Case(["--config", path], ["'threads'", "0..4096"], ranks=CONFIG_RANKS)
+
+
+@case("OMP_NUM_THREADS of 20 digits")
+def _(c):
+    return Case(["--data", str(c.fed)], ["OMP_NUM_THREADS=99999999999999999999", "1 to 4096"],
+                env={"OMP_NUM_THREADS": "99999999999999999999"})
+
+
+@case("--out not UTF-8")
+def _(c):
+    return Case(["--data", str(c.fed)], ["'out'", "not valid UTF-8"], out=c.tmp / "run-\udcff", ranks=0)
 
 
 @case("TOML lr = nan")
@@ -547,6 +592,8 @@ def test_bad_input_gives_one_line_naming_it_and_writes_nothing(name, tmp_path, r
 
 DATA_PREP_CASES = {
     "negative seed": (lambda tmp: (["--seed", "-1"], tmp / "fed"), "--seed -1: must be >= 0"),
+    **{f"--unbalance {v}": (lambda tmp, v=v: (["--unbalance", v], tmp / "fed"), "must lie in 0..10")
+       for v in ("nan", "inf", "1000", "-1")},
     "--out inside a file": (lambda tmp: ([], tmp / "results" / "fed"), "is a file"),
 }
 

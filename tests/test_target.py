@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -67,10 +68,21 @@ def test_resume_of_a_stopped_run_stops_again_at_once(stopped):
     assert not re.search(rf"^round {k + 1}/", r.stdout, re.M), r.stdout
     after = read_metrics(run)
     assert [x["round"] for x in after] == list(range(k + 1))
-    assert [x["test_accuracy"] for x in after] == [x["test_accuracy"] for x in before]
+    assert after == before  # round k's record too, with its clients, train loss and times
     assert json.loads((run / "summary.json").read_text())["target_round"] == k
     np.testing.assert_array_equal(final_weights(run), weights)
     np.testing.assert_array_equal(final_weights(run), final_weights(stopped["short"]))
+
+
+def test_a_target_an_earlier_round_reached_cannot_be_set_on_resume(stopped, tmp_path):
+    """The run went on past that round and its weights are gone: resuming would report the wrong round."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped["run"].parent / "free", run)  # finished, without a target
+    target = stopped["free"][1]
+    r = launch(2, ["--data", str(stopped["fed"]), "--out", str(run), *FLAGS, "--rounds", str(ROUNDS),
+                   "--target-accuracy", repr(target), "--resume"], timeout=60)
+    assert r.returncode == 2 and "round 1 already reached target_accuracy" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
 
 
 @pytest.mark.parametrize("ranks, value", [(0, "1.5"), (0, "-0.1"), (0, "nan"), (2, "2")])
