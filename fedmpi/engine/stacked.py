@@ -60,8 +60,7 @@ class GraphedTraining:
 
     def __init__(self, train: Callable):
         self.train = train
-        self.graphs: dict[tuple, tuple] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, tuple] = {}  # each with its own memory pool: they replay in any order
 
     def __call__(self, rows, x, y, orders, batch, lr):
         key = (tuple(rows.shape), tuple(x.shape), tuple(y.shape), tuple(orders.shape), batch, lr)
@@ -83,6 +82,6 @@ class GraphedTraining:
             self.train(static[0], static[1], static[2], static[3][:, :1, :b], 0, lr)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):
             losses = self.train(*static, batch, lr)
         return graph, static, losses
