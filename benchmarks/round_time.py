@@ -63,7 +63,7 @@ def sequential_reference(data_dir, cfg, rounds, device):
     std = torch.tensor(fed.manifest["normalize"]["std"], device=device).view(-1, 1, 1)
     data = {k: tuple(torch.from_numpy(a).to(device) for a in fed.load_client(k)) for k in range(fed.num_clients)}
     torch.manual_seed(SEED)  # plain nn modules: NCHW convolutions, (out, in) Linear weights
-    model = resolve(cfg["model"])(tuple(fed.image_shape), fed.num_classes).to(device)
+    model = resolve(cfg["model"])(tuple(fed.input_shape), fed.num_classes).to(device)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     times = []
     for clients in round_clients(fed, cfg, rounds):
@@ -96,7 +96,7 @@ def _floor_worker(args):
     torch.set_num_threads(1)
     fed = Federation(data_dir)
     norm = Normalizer(fed.manifest["normalize"]["mean"], fed.manifest["normalize"]["std"], device)
-    flat = FlatModel(build_model(cfg["model"], fed.image_shape, fed.num_classes, SEED), torch.device(device))
+    flat = FlatModel(build_model(cfg["model"], fed.input_shape, fed.num_classes, SEED), torch.device(device))
     start_weights = flat.weights.clone()
     plans = round_clients(fed, cfg, rounds)
     data = {int(k): tuple(torch.from_numpy(a).to(device) for a in fed.load_client(int(k)))

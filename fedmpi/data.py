@@ -17,13 +17,13 @@ import numpy as np
 
 from fedmpi.errors import FedMPIError
 
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)  # 1: images only; 2 adds `kind` and sequence federations
 MAX_CLASSES = 1_000_000  # far above any dataset; keeps a typo from building a model of 2^31 outputs
 MAX_SIDE = 65_536        # largest image side (and channel count) accepted
 # Manifest fields that say how a federation was made, not what it holds (see Federation.fingerprint).
 PROVENANCE = ("command", "created", "source")
-MANIFEST_KEYS = ("format_version", "num_clients", "num_classes", "image_shape", "normalize", "test",
-                 "clients", "sha256")
+MANIFEST_KEYS = ("format_version", "num_clients", "num_classes", "test", "clients", "sha256")
+KIND_KEYS = {"image": ("image_shape", "normalize"), "sequence": ("sequence_length", "vocabulary")}
 
 
 def sha256_of(path: Path) -> str:
@@ -46,11 +46,24 @@ def _check_manifest(m: dict, path: Path) -> None:
         bad("'num_clients'", f"must be an integer >= 1, found {m['num_clients']!r}")
     if not (is_int(m["num_classes"], 1) and m["num_classes"] <= MAX_CLASSES):
         bad("'num_classes'", f"must be an integer from 1 to {MAX_CLASSES:,}, found {m['num_classes']!r}")
+    if not isinstance(m["sha256"], dict):
+        bad("'sha256'", "must map file names to checksums")
+    if m["kind"] == "sequence":
+        if not (is_int(m["sequence_length"], 1) and m["sequence_length"] <= MAX_SIDE):
+            bad("'sequence_length'", f"must be an integer from 1 to {MAX_SIDE}, found {m['sequence_length']!r}")
+        if not (isinstance(m["vocabulary"], str) and len(m["vocabulary"]) == m["num_classes"]):
+            bad("'vocabulary'", f"must be a string of num_classes = {m['num_classes']} tokens")
+    else:
+        _check_images(m, is_int, bad)
+    _check_entries(m, is_int, bad)
+
+
+def _check_images(m: dict, is_int, bad) -> None:
     if not (isinstance(m["image_shape"], list) and m["image_shape"]
             and all(is_int(s, 1) and s <= MAX_SIDE for s in m["image_shape"])):
         bad("'image_shape'", f"must be a list of sizes such as [1, 28, 28], found {m['image_shape']!r}")
-    if not isinstance(m["sha256"], dict):
-        bad("'sha256'", "must map file names to checksums")
+    if m.get("augment", "cifar") != "cifar" or (m.get("augment") and m["image_shape"][0] != 3):
+        bad("'augment'", f"must be \"cifar\" (3-channel images) or absent, found {m['augment']!r}")
     norm = m["normalize"]
     if not (isinstance(norm, dict) and all(isinstance(norm.get(k), list) and len(norm[k]) == m["image_shape"][0]
                                            for k in ("mean", "std"))):
@@ -61,6 +74,9 @@ def _check_manifest(m: dict, path: Path) -> None:
                     or (key == "std" and v <= 0):
                 bad("'normalize'", f"{key} values must be finite numbers{' > 0' if key == 'std' else ''}, "
                     f"found {v!r}")
+
+
+def _check_entries(m: dict, is_int, bad) -> None:
     entries = [("'test'", m["test"])]
     if not isinstance(m["clients"], list):
         bad("'clients'", "must be a list")
@@ -100,19 +116,30 @@ class Federation:
             raise FedMPIError(f"{manifest_path}: not valid JSON: {e}") from None
         if not isinstance(m, dict):
             raise FedMPIError(f"{manifest_path}: expected a JSON object, found {type(m).__name__}")
-        missing = [k for k in MANIFEST_KEYS if k not in m]
+        if m.get("format_version") not in FORMAT_VERSIONS:
+            raise FedMPIError(f"{manifest_path}: format_version {m.get('format_version')!r} is not supported "
+                              f"(this fedmpi reads versions {', '.join(map(str, FORMAT_VERSIONS))}); re-run data_prep")
+        m = {"kind": "image", **m}  # version 1 holds images only
+        if m["kind"] not in KIND_KEYS:
+            raise FedMPIError(f"{manifest_path}: 'kind' must be one of {', '.join(KIND_KEYS)}, found {m['kind']!r}")
+        missing = [k for k in (*MANIFEST_KEYS, *KIND_KEYS[m["kind"]]) if k not in m]
         if missing:
             raise FedMPIError(f"{manifest_path}: missing fields {', '.join(missing)}")
-        if m["format_version"] != FORMAT_VERSION:
-            raise FedMPIError(f"{manifest_path}: format_version {m['format_version']!r} is not supported "
-                              f"(this fedmpi reads version {FORMAT_VERSION}); re-run data_prep")
         _check_manifest(m, manifest_path)
         self.manifest = m
         self.fingerprint = hashlib.sha256(json.dumps(
             {k: v for k, v in m.items() if k not in PROVENANCE}, sort_keys=True).encode()).hexdigest()
         self.num_clients = m["num_clients"]
         self.num_classes = m["num_classes"]
-        self.image_shape = tuple(m["image_shape"])
+        self.kind = m["kind"]
+        if self.kind == "image":
+            # the model sees 24x24 crops of CIFAR's 32x32 images (fedmpi.engine.inputs)
+            crop = (m["image_shape"][0], 24, 24) if m.get("augment") == "cifar" else None
+            self.input_shape = crop or tuple(m["image_shape"])
+            self._shape, self._dtypes = tuple(m["image_shape"]), (np.uint8, np.int64)
+        else:
+            self.input_shape = (m["sequence_length"],)
+            self._shape, self._dtypes = self.input_shape, (np.int16, np.int16)
         self.clients = m["clients"]
         if len(self.clients) != self.num_clients or [c["id"] for c in self.clients] != list(range(self.num_clients)):
             raise FedMPIError(f"{manifest_path}: 'clients' must list ids 0..{self.num_clients - 1} in order")
@@ -150,21 +177,30 @@ class Federation:
                         and isinstance(node.get("y"), h5py.Dataset)):
                     raise FedMPIError(f"{where}: datasets 'x' and 'y' not found")
                 x, y = node["x"], node["y"]
-                if x.dtype != np.uint8 or tuple(x.shape) != (n, *self.image_shape):
-                    raise FedMPIError(f"{where}/x: expected uint8 {[n, *self.image_shape]}, "
-                                      f"found {x.dtype} {list(x.shape)}")
-                if y.dtype != np.int64 or tuple(y.shape) != (n,):
-                    raise FedMPIError(f"{where}/y: expected int64 [{n}], found {y.dtype} {list(y.shape)}")
+                shapes = {"x": (n, *self._shape), "y": (n, *self._shape[:self.kind == "sequence"])}
+                for name, array, dtype in (("x", x, self._dtypes[0]), ("y", y, self._dtypes[1])):
+                    if array.dtype != dtype or tuple(array.shape) != shapes[name]:
+                        raise FedMPIError(f"{where}/{name}: expected {np.dtype(dtype)} {list(shapes[name])}, "
+                                          f"found {array.dtype} {list(array.shape)}")
                 x, y = x[rows], y[rows]
             except (OSError, KeyError, RuntimeError) as e:  # damaged inside, though its checksum matches
                 raise FedMPIError(f"{where}: cannot read as HDF5: {e}") from None
-        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-            raise FedMPIError(f"{where}/y: labels must lie in 0..{self.num_classes - 1}, "
+        if self.kind == "sequence":
+            # -1: no target (a padded position); tokens index the vocabulary
+            if x.size and (x.min() < 0 or x.max() >= self.num_classes):
+                raise FedMPIError(f"{where}/x: tokens must lie in 0..{self.num_classes - 1}, "
+                                  f"found {x.min()}..{x.max()}")
+            low, what = -1, "targets"
+        else:
+            low, what = 0, "labels"
+        if y.size and (y.min() < low or y.max() >= self.num_classes):
+            raise FedMPIError(f"{where}/y: {what} must lie in {low}..{self.num_classes - 1}, "
                               f"found {y.min()}..{y.max()}")
         return x, y
 
     def load_client(self, k: int):
-        """uint8 images [n, C, H, W] and int64 labels [n] of client k."""
+        """Client k's examples: uint8 images [n, C, H, W] and int64 labels [n], or int16 token
+        sequences [n, T] and their int16 next-token targets [n, T] (-1: none)."""
         c = self.clients[k]
         return self._read(c["file"], c.get("group", "/"), int(c["n"]))
 

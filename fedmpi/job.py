@@ -23,7 +23,7 @@ from fedmpi.engine import FlatModel
 from fedmpi.fedavg import RoundSums, plan_round
 from fedmpi.files import remove_leftovers, write_atomically
 from fedmpi.metrics import read_metrics
-from fedmpi.models import build_model
+from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
 from fedmpi.runfolder import RunFolder, announce
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.worker import Worker, load_shards
@@ -74,7 +74,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
-    flat = FlatModel(build_model(cfg.model, fed.image_shape, fed.num_classes, cfg.seed), device, dtype)
+    flat = FlatModel(build_model(cfg.model, fed.input_shape, fed.num_classes, cfg.seed), device, dtype)
     worker = None
     if comm.is_worker:
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
@@ -110,7 +110,9 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
                         setup.resume, setup.history)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
-        print(f"fedmpi: {cfg.model} ({flat.dim:,} weights, {cfg.precision}) on {fed.folder} ({fed.num_clients} "
+        paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
+        print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "
+              f"{fed.folder} ({fed.num_clients} "
               f"clients, {m} per round), {comm.size} rank(s), {comm.num_workers} worker(s){idle}, "
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)

@@ -20,7 +20,7 @@ from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
-from fedmpi.engine.inputs import Normalizer
+from fedmpi.engine.inputs import inputs_for
 from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker
 
 
@@ -44,8 +44,7 @@ class Worker:
         self.index = worker_index
         self.num_workers = num_workers
         self.clients, self.test = shards
-        norm = fed.manifest["normalize"]
-        prepare = Normalizer(norm["mean"], norm["std"], flat.weights.device, flat.weights.dtype)
+        prepare = inputs_for(fed, flat.weights.device, flat.weights.dtype)
         self.engine = Engine(flat, prepare, cfg.stack_clients, next(iter(self.clients.values())))
         self.start = torch.empty_like(flat.weights)
         # float64 copies made once per round, not per client: w_k − w_t in float64 is exact.
@@ -60,10 +59,10 @@ class Worker:
         if evaluate_now:
             t = time.perf_counter()
             self.flat.weights.copy_(self.start)
-            correct, loss = self.engine.evaluate(*self.test)
+            correct, loss, count = self.engine.evaluate(*self.test)
             sums.add("correct", correct)
             sums.add("test_loss", loss)
-            sums.add("test_count", len(self.test[1]))
+            sums.add("test_count", count)
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
         owners = assign_to_workers(sampled, self.num_workers)

@@ -203,8 +203,8 @@ def _(c):
 @case("manifest of an unknown format_version")
 def _(c):
     fed = c.broken()
-    edit_manifest(fed, lambda m: m.__setitem__("format_version", 2))
-    return Case(["--data", str(fed)], ["manifest.json", "format_version 2", "re-run data_prep"])
+    edit_manifest(fed, lambda m: m.__setitem__("format_version", 3))
+    return Case(["--data", str(fed)], ["manifest.json", "format_version 3", "re-run data_prep"])
 
 
 @case("format_version as a string")

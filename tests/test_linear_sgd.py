@@ -28,7 +28,7 @@ def client(federation):
 @pytest.mark.parametrize("model", ["2nn", "cnn"])
 def test_fused_steps_equal_autograd_and_sgd_in_float64(client, model):
     fed, x, y = client
-    fused = build_model(model, fed.image_shape, fed.num_classes, seed=1).double()
+    fused = build_model(model, fed.input_shape, fed.num_classes, seed=1).double()
     plain = copy.deepcopy(fused)
     FusedLinearLayers(fused).lr = LR
     for i in range(0, 600, 10):
@@ -43,7 +43,7 @@ def test_fused_steps_equal_autograd_and_sgd_in_float64(client, model):
             for p in plain.parameters():
                 p -= LR * p.grad
                 p.grad = None
-    start = build_model(model, fed.image_shape, fed.num_classes, seed=1).double()
+    start = build_model(model, fed.input_shape, fed.num_classes, seed=1).double()
     for (name, a), b, s in zip(fused.named_parameters(), plain.parameters(), start.parameters()):
         assert (b - s).abs().max() > 1e-3, name  # it trained
         assert (a - b).abs().max() < 1e-12, name
@@ -51,7 +51,7 @@ def test_fused_steps_equal_autograd_and_sgd_in_float64(client, model):
 
 def test_linear_layers_get_no_gradient_and_the_rest_do(client):
     fed, x, y = client
-    flat = FlatModel(build_model("cnn", fed.image_shape, fed.num_classes, seed=1), torch.device("cpu"))
+    flat = FlatModel(build_model("cnn", fed.input_shape, fed.num_classes, seed=1), torch.device("cpu"))
     FusedLinearLayers(flat.model).lr = LR
     F.cross_entropy(flat.model(x[:10].float()), y[:10]).backward()
     for name, p in flat.model.named_parameters():

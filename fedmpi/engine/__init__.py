@@ -28,20 +28,22 @@ import torch
 
 from fedmpi.engine.flat import FlatModel
 from fedmpi.engine.loop import LoopStep
-from fedmpi.engine.loss import correct, token_cross_entropy
+from fedmpi.engine.loss import correct, count, token_cross_entropy
 from fedmpi.engine.mlp import FusedMLPStep, is_mlp
 from fedmpi.engine.stacked import GraphedTraining, VmapStep
+from fedmpi.errors import FedMPIError
 
 DEFAULT_STACK = {"cpu": 16, "cuda": 128}
 EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
 
 
-def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor, batch: int,
-              lr: float, prepare) -> torch.Tensor:
+def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor,
+              draws: torch.Tensor | None, batch: int, lr: float, prepare) -> torch.Tensor:
     """E epochs of minibatch SGD for each of the G clients whose weights are the rows of `rows` (in place).
 
     x, y: the clients' examples (G, n, ...); orders (G, E, n): each client's order of its examples in
-    each epoch; batch 0 is the whole local set (B = ∞). Returns each client's summed batch losses (G,)
+    each epoch; draws (G, E, n, k): the random numbers of each example's augmentation in each epoch,
+    or None; batch 0 is the whole local set (B = ∞). Returns each client's summed batch losses (G,)
     on the device. Capturable in a CUDA graph: no host synchronisation, every shape fixed by the inputs.
     """
     g, epochs, n = orders.shape
@@ -52,7 +54,8 @@ def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders
     for e in range(epochs):
         for i in range(0, n, b):
             idx = orders[:, e, i:i + b]
-            total += step(prepare(x[clients, idx]), y[clients, idx])
+            batch_draws = None if draws is None else draws[clients, e, idx]
+            total += step(prepare(x[clients, idx], batch_draws), y[clients, idx])
     step.end(rows)
     return total
 
@@ -63,6 +66,7 @@ class Engine:
     def __init__(self, flat: FlatModel, prepare, stack_clients: int, example: tuple[torch.Tensor, torch.Tensor]):
         self.flat = flat
         self.prepare = prepare
+        self._check(*example)
         device = flat.weights.device.type
         self.limit = stack_clients or DEFAULT_STACK.get(device, 16)
         self.why_alone = None
@@ -80,15 +84,32 @@ class Engine:
         self.graphed = GraphedTraining(self._local_sgd) if device == "cuda" and isinstance(self.step, VmapStep) \
             else None
 
-    def _local_sgd(self, rows, x, y, orders, batch, lr):
-        return local_sgd(self.step, rows, x, y, orders, batch, lr, self.prepare)
+    @torch.no_grad()
+    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The model takes these examples and gives one row of logits per target, or a one-line FedMPIError."""
+        self.flat.model.eval()  # in training mode BatchNorm would fold these examples into its statistics
+        try:
+            logits = self.flat.model(self.prepare(x[:2]))
+            why = None if logits.shape[:-1] == y[:2].shape else \
+                f"it gives logits of shape {list(logits.shape)} for targets of shape {list(y[:2].shape)}"
+        except Exception as e:  # noqa: BLE001 (a user's model may raise anything)
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        self.flat.model.train()
+        if why:
+            raise FedMPIError(f"config field 'model': the model cannot take this federation's examples "
+                              f"({tuple(x.shape[1:])}, {x.dtype} as stored): {why}"[:400])
+
+    def _local_sgd(self, rows, x, y, orders, draws, batch, lr):
+        return local_sgd(self.step, rows, x, y, orders, draws, batch, lr, self.prepare)
 
     def _probe(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
         """None if the stacked step runs on two clients of these examples, else why not (one line)."""
         x, y = x[:2].expand(2, *x[:2].shape), y[:2].expand(2, *y[:2].shape)
         orders = torch.arange(len(y[0]), device=y.device).expand(2, 1, -1)
+        draws = self.prepare.draw(torch.Generator().manual_seed(0), 1, len(y[0]))
+        draws = None if draws is None else draws.to(y.device).expand(2, *draws.shape)
         try:
-            self._local_sgd(self.flat.weights.repeat(2, 1), x, y, orders, 0, 0.0)
+            self._local_sgd(self.flat.weights.repeat(2, 1), x, y, orders, draws, 0, 0.0)
         except Exception as e:  # noqa: BLE001 (any failure means: do not stack this model)
             return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
         return None
@@ -121,6 +142,8 @@ class Engine:
         device = start.device
         orders = torch.stack([torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
                               for gen in generators]).to(device)
+        draws = [self.prepare.draw(gen, epochs, n) for gen in generators]  # after the orders: they stay as they were
+        draws = None if draws[0] is None else torch.stack(draws).to(device)
         if isinstance(self.step, LoopStep):  # dropout & co. draw from (seed, round, client) alone
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generators[0])))
         x = torch.stack([x for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
@@ -128,20 +151,20 @@ class Engine:
         rows = start.repeat(g, 1)
         if self.graphed:
             try:
-                total = self.graphed(rows, x, y, orders, batch, lr)
+                total = self.graphed(rows, x, y, orders, draws, batch, lr)
             except RuntimeError as e:  # a capture that fails: eager from now on, said once
                 print(f"fedmpi: warning: CUDA graph capture failed ({str(e).splitlines()[0]}); "
                       "training stacks without graphs", flush=True)
                 self.graphed = None
                 rows = start.repeat(g, 1)
         if not self.graphed:
-            total = self._local_sgd(rows, x, y, orders, batch, lr)
+            total = self._local_sgd(rows, x, y, orders, draws, batch, lr)
         steps = epochs * -(-n // (batch or n))
         return rows, [float(t) / steps for t in total.cpu()]
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(number correct, summed cross-entropy) of the weights in flat.weights on (x, y).
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
+        """(number correct, summed cross-entropy, number of targets) of the weights in flat.weights on (x, y).
 
         Each chunk's loss is summed in the model's dtype then added in float64, so with
         chunk-aligned slices the total does not depend on how many workers share the test set.
@@ -154,7 +177,7 @@ class Engine:
             loss += float(token_cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum"))
             right += float(correct(logits, y[i:i + EVAL_CHUNK]))
         model.train()
-        return right, loss
+        return right, loss, count(y)
 
 
 __all__ = ["Engine", "FlatModel", "local_sgd"]

@@ -52,7 +52,7 @@ class VmapStep:
 
 
 class GraphedTraining:
-    """Runs `train(rows, x, y, orders)` from a CUDA graph captured once per shape of its inputs.
+    """Runs `train(rows, x, y, orders, draws)` from a CUDA graph captured once per shape of its inputs.
 
     The inputs are copied into the graph's static tensors before each replay and the trained
     rows copied out after it; a capture that fails turns graphs off for good (eager from then on).
@@ -62,24 +62,27 @@ class GraphedTraining:
         self.train = train
         self.graphs: dict[tuple, tuple] = {}  # each with its own memory pool: they replay in any order
 
-    def __call__(self, rows, x, y, orders, batch, lr):
-        key = (tuple(rows.shape), tuple(x.shape), tuple(y.shape), tuple(orders.shape), batch, lr)
+    def __call__(self, rows, x, y, orders, draws, batch, lr):
+        inputs = (rows, x, y, orders, draws)
+        key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(rows, x, y, orders, batch, lr)
+            self.graphs[key] = self._capture(inputs, batch, lr)
         graph, static, losses = self.graphs[key]
-        for s, v in zip(static, (rows, x, y, orders)):
-            s.copy_(v)
+        for s, v in zip(static, inputs):
+            if v is not None:
+                s.copy_(v)
         graph.replay()
         rows.copy_(static[0])
         return losses.clone()
 
-    def _capture(self, rows, x, y, orders, batch, lr):
-        static = [t.clone() for t in (rows, x, y, orders)]
+    def _capture(self, inputs, batch, lr):
+        static = [None if t is None else t.clone() for t in inputs]
+        rows, x, y, orders, draws = static
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up, as CUDA graphs ask: one step, on the static copies
             b = orders.shape[2] if batch == 0 else min(batch, orders.shape[2])
-            self.train(static[0], static[1], static[2], static[3][:, :1, :b], 0, lr)
+            self.train(rows, x, y, orders[:, :1, :b], None if draws is None else draws[:, :1], 0, lr)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

@@ -1,6 +1,8 @@
 """The model registry: built-in names and a user's own `nn.Module` as "package.module:function".
 
-A model is a function `(image_shape, num_classes) -> nn.Module`. The
+A model is a function `(input_shape, num_classes) -> nn.Module`: the
+shape of one example ((C, H, W) for images, (T,) for token sequences, whose
+num_classes is the vocabulary size) and the number of classes. The
 built-in names below are the one list that config validation, `--help` and
 the docs use; any other model is named by where its function lives, e.g.
 `model = "mymodels.resnet:resnet8"` with `mymodels` importable from
@@ -18,7 +20,11 @@ from fedmpi.errors import FedMPIError
 BUILTIN = {
     "2nn": ("fedmpi.models.mnist:two_nn", "the paper's MLP, 2 hidden layers of 200 (199,210 params on MNIST)"),
     "cnn": ("fedmpi.models.mnist:cnn", "the paper's CNN, 2 conv 5x5 + FC 512 (1,663,370 params on MNIST)"),
+    "lstm": ("fedmpi.models.shakespeare:lstm", "the paper's character LSTM, 2 layers of 256 (Shakespeare)"),
+    "cifar_cnn": ("fedmpi.models.cifar:cnn", "the paper's CIFAR-10 CNN (1,068,298 params on 24x24 crops)"),
 }
+# the paper's parameter counts, printed beside a run's (for the lstm with the paper's vocabulary)
+PAPER_PARAMETERS = {"2nn": "199,210", "cnn": "1,663,370", "lstm": "866,578", "cifar_cnn": "about 10^6"}
 USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -48,7 +54,7 @@ def resolve(name: str):
     return builder
 
 
-def build_model(name: str, image_shape, num_classes: int, seed: int):
+def build_model(name: str, input_shape, num_classes: int, seed: int):
     """Build a model whose initial weights are a function of `seed` alone.
 
     Contract (used by tests and by resume): w_0 is what the builder draws
@@ -62,9 +68,9 @@ def build_model(name: str, image_shape, num_classes: int, seed: int):
     builder = resolve(name)
     torch.manual_seed(seed)
     try:
-        model = builder(tuple(image_shape), num_classes)
+        model = builder(tuple(input_shape), num_classes)
     except Exception as e:  # noqa: BLE001
-        raise FedMPIError(f"config field 'model': {name}{tuple(image_shape), num_classes} failed: "
+        raise FedMPIError(f"config field 'model': {name}{tuple(input_shape), num_classes} failed: "
                           f"{type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise FedMPIError(f"config field 'model': {name} returned a {type(model).__name__}, not a torch nn.Module")
