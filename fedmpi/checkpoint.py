@@ -1,9 +1,11 @@
 """Atomic, checksummed checkpoints: what a run needs to continue bit for bit after it was stopped.
 
 A checkpoint holds w_r (the weights after round r), r, the resolved config,
-the federation's fingerprint (data.Federation.fingerprint) and round r's
-metrics record that still awaits its accuracy, plus a sha256 over all of
-them. It is built in memory and written atomically (fedmpi.files), so a kill
+the federation's fingerprint (data.Federation.fingerprint), round r's
+metrics record that still awaits its accuracy and the algorithm's state
+(server optimizer moments, SCAFFOLD's control variates), plus a sha256 over
+all of them. DP-FedAvg's privacy ledger is (z, m/K, r): the config and r.
+It is built in memory and written atomically (fedmpi.files), so a kill
 at any moment leaves the old or the new checkpoint, never a torn one; a
 checkpoint damaged later (a flipped bit on disk) is refused by its checksum.
 """
@@ -13,7 +15,7 @@ import hashlib
 import io
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -37,11 +39,13 @@ class Checkpoint:
     federation: str         # data.Federation.fingerprint
     pending: dict | None
     weights: np.ndarray | None = None
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # the algorithm's (fedmpi.algorithms)
 
 
-def _digest(weights: np.ndarray, attrs: dict) -> str:
+def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(json.dumps({k: attrs[k] for k in sorted(attrs)}).encode())
-    h.update(np.ascontiguousarray(weights).tobytes())
+    for array in (weights, *(state[k] for k in sorted(state))):
+        h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 
 
@@ -51,7 +55,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         f.create_dataset("weights", data=ckpt.weights)
-        f.attrs.update(attrs, sha256=_digest(ckpt.weights, attrs))
+        for name, array in ckpt.state.items():
+            f.create_dataset(f"state/{name}", data=array)
+        f.attrs.update(attrs, sha256=_digest(ckpt.weights, attrs, ckpt.state))
     write_atomically(run_dir / NAME, buffer.getvalue())
 
 
@@ -66,12 +72,13 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
             attrs = {k: f.attrs[k].item() if isinstance(f.attrs[k], np.generic) else f.attrs[k]
                      for k in ("format", "round", "config", "federation", "pending")}
             weights = f["weights"][:]
-            if _digest(weights, attrs) != f.attrs["sha256"]:
+            state = {name: f["state"][name][:] for name in f.get("state", {})}
+            if _digest(weights, attrs, state) != f.attrs["sha256"]:
                 raise FedMPIError(f"{path}: checksum mismatch: the checkpoint was damaged after it was written; "
                                   "restore a copy, or start over with --overwrite")
             return Checkpoint(round=int(attrs["round"]), config=tomllib.loads(attrs["config"]),
                               federation=str(attrs["federation"]), pending=json.loads(attrs["pending"]),
-                              weights=weights if with_weights else None)
+                              weights=weights if with_weights else None, state=state)
     except (OSError, KeyError, ValueError) as e:
         raise FedMPIError(f"{path}: unreadable checkpoint ({e}); remove it to start over") from None
 
@@ -82,9 +89,11 @@ def check_compatible(ckpt: Checkpoint, cfg: RunConfig, fingerprint: str, path: P
     if ckpt.federation != fingerprint:
         raise FedMPIError(f"{path}: made for another federation (its data differ from {cfg.data}); "
                           "resume with the original --data")
-    mine = vars(cfg)
-    differing = [f"{k} {ckpt.config.get(k)!r} -> {mine[k]!r}" for k in FIELD_NAMES
-                 if k not in NON_SEMANTIC and ckpt.config.get(k) != mine[k]]
+    mine, defaults = vars(cfg), vars(RunConfig())
+    # a field the checkpoint lacks was added later: the run had its default
+    theirs = {k: ckpt.config.get(k, defaults[k]) for k in FIELD_NAMES}
+    differing = [f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in FIELD_NAMES
+                 if k not in NON_SEMANTIC and theirs[k] != mine[k]]
     if differing:
         raise FedMPIError(f"{path}: made with another config ({'; '.join(differing)}); "
                           "resume with the original values or start a new run with another --out")

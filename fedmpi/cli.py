@@ -34,6 +34,17 @@ FLAG_HELP = {
     "workers_per_node": "ranks per node that host clients (0 = the node's cores; further ranks wait idle)",
     "precision": "float32 | float64: dtype of the weights and the training (float64 to check numerics)",
     "stack_clients": "most clients a worker trains together (0 = auto, 1 = one at a time; see docs/architecture.md)",
+    "algorithm": "fedavg | fedprox | scaffold",
+    "prox_mu": "FedProx's μ (algorithm fedprox)",
+    "server_optimizer": "sgd | momentum | adam | yogi | adagrad: how the server applies the averaged update",
+    "server_lr": "the server's learning rate (sgd with 1: FedAvg)",
+    "server_momentum": "server momentum (server_optimizer momentum: FedAvgM)",
+    "server_beta1": "adam, yogi, adagrad: first-moment decay β1",
+    "server_beta2": "adam, yogi: second-moment decay β2",
+    "server_tau": "adam, yogi, adagrad: adaptivity τ",
+    "dp_clip": "DP-FedAvg: clip each client's update to this L2 norm (0 = no DP)",
+    "dp_noise_multiplier": "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
+    "dp_delta": "DP-FedAvg: δ of the (ε, δ) written every round",
 }
 
 

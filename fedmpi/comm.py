@@ -32,6 +32,21 @@ from mpi4py import MPI  # noqa: E402  (initialises MPI, which reads the variable
 MAX_SLEEP = 2e-3
 
 
+def _add_double_doubles(inbuf, inoutbuf, datatype) -> None:
+    """inout += in for arrays of (hi, lo) pairs: TwoSum of the his, the los added, then renormalised."""
+    a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 2)
+    b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 2)
+    s = a[:, 0] + b[:, 0]
+    back = s - a[:, 0]
+    err = (a[:, 0] - (s - back)) + (b[:, 0] - back) + a[:, 1] + b[:, 1]
+    b[:, 0] = s + err
+    b[:, 1] = err - (b[:, 0] - s)
+
+
+DOUBLE_DOUBLE = MPI.DOUBLE.Create_contiguous(2).Commit()  # one (hi, lo) pair: reductions never split it
+DD_SUM = MPI.Op.Create(_add_double_doubles, commute=True)
+
+
 class Comm:
     """COMM_WORLD seen as one server (rank 0) and workers (ranks 1..P-1, or rank 0 alone when P = 1).
 
@@ -88,10 +103,12 @@ class Comm:
         """Broadcast rank 0's array into every rank's array; returns seconds spent."""
         return self._wait(self.world.Ibcast(array, root=0))
 
-    def reduce_sum(self, array: np.ndarray) -> float:
-        """Sum every rank's array into rank 0's, in place; returns seconds spent."""
-        send = MPI.IN_PLACE if self.is_server else array
-        return self._wait(self.world.Ireduce(send, array if self.is_server else None, op=MPI.SUM, root=0))
+    def reduce_sum(self, pairs: np.ndarray) -> float:
+        """Sum every rank's (n, 2) float64 array of double-doubles (hi, lo) into rank 0's, in place;
+        returns seconds spent."""
+        message = [pairs, len(pairs), DOUBLE_DOUBLE]
+        send = MPI.IN_PLACE if self.is_server else message
+        return self._wait(self.world.Ireduce(send, message if self.is_server else None, op=DD_SUM, root=0))
 
     def first_failing_rank(self, failed: bool) -> int | None:
         """Agree on the lowest rank that failed (None if none did), so one rank reports a setup error."""

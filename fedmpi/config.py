@@ -47,6 +47,17 @@ class RunConfig:
     workers_per_node: int = 0   # ranks per node that host clients; 0 = the node's cores (the rest wait idle)
     precision: str = "float32"  # float32 | float64: the dtype of weights and training
     stack_clients: int = 0      # most clients a worker trains together; 0 = auto, 1 = one at a time
+    algorithm: str = "fedavg"   # fedavg | fedprox | scaffold (fedmpi.algorithms)
+    prox_mu: float = 0.0        # FedProx's μ
+    server_optimizer: str = "sgd"  # sgd | momentum | adam | yogi | adagrad (on the averaged update)
+    server_lr: float = 1.0      # the server's learning rate (sgd with 1.0: FedAvg)
+    server_momentum: float = 0.9  # momentum (FedAvgM)
+    server_beta1: float = 0.9   # adam, yogi, adagrad: first-moment decay
+    server_beta2: float = 0.99  # adam, yogi: second-moment decay
+    server_tau: float = 1e-3    # adam, yogi, adagrad: adaptivity τ
+    dp_clip: float = 0.0        # DP-FedAvg: clip each client's update to this L2 norm; 0 = no DP
+    dp_noise_multiplier: float = 0.0  # DP-FedAvg: noise std = this × dp_clip, on the sum of updates
+    dp_delta: float = 1e-5      # DP-FedAvg: the δ of the (ε, δ) reported every round
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -162,9 +173,50 @@ def validate(cfg: RunConfig) -> None:
             getattr(cfg, field).encode("utf-8")
         except UnicodeEncodeError:
             bad(field, f"the path {getattr(cfg, field)!r} is not valid UTF-8; choose a name in UTF-8")
+    _validate_algorithm(cfg, bad)
     if cfg.precision not in PRECISIONS:
         bad("precision", f"choose one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     if cfg.stack_clients < 0:
         bad("stack_clients", f"must be >= 0 (0 = automatic, 1 = one client at a time), got {cfg.stack_clients}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         bad("device", f"choose auto, cpu, cuda or cuda:N, got '{cfg.device}'")
+
+
+def _validate_algorithm(cfg: RunConfig, bad) -> None:
+    from fedmpi.algorithms import NAMES
+    from fedmpi.algorithms.optimizers import NAMES as OPTIMIZERS
+
+    for field, choices in (("algorithm", NAMES), ("server_optimizer", OPTIMIZERS)):
+        value = getattr(cfg, field)
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            bad(field, f"unknown {field.replace('_', ' ')} '{value}'; choose one of {', '.join(choices)}"
+                + (f" (did you mean '{close[0]}'?)" if close else ""))
+    numbers = {f: getattr(cfg, f) for f in ("prox_mu", "server_lr", "server_momentum", "server_beta1",
+                                             "server_beta2", "server_tau", "dp_clip", "dp_noise_multiplier",
+                                             "dp_delta")}
+    for field, value in numbers.items():
+        if not math.isfinite(value):
+            bad(field, f"must be a finite number, got {value}")
+    if cfg.prox_mu < 0:
+        bad("prox_mu", f"must be >= 0, got {cfg.prox_mu}")
+    if cfg.prox_mu and cfg.algorithm != "fedprox":
+        bad("prox_mu", f'is FedProx\'s μ: set algorithm = "fedprox" to use it (algorithm is "{cfg.algorithm}")')
+    if not 0 < cfg.server_lr <= MAX_LR:
+        bad("server_lr", f"must be > 0 and at most {MAX_LR:g}, got {cfg.server_lr}")
+    for field in ("server_momentum", "server_beta1", "server_beta2"):
+        if not 0 <= numbers[field] < 1:
+            bad(field, f"must lie in [0, 1), got {numbers[field]}")
+    if cfg.server_tau <= 0:
+        bad("server_tau", f"must be > 0, got {cfg.server_tau}")
+    if cfg.dp_clip < 0:
+        bad("dp_clip", f"must be >= 0 (0 = no differential privacy), got {cfg.dp_clip}")
+    if cfg.dp_noise_multiplier < 0:
+        bad("dp_noise_multiplier", f"must be >= 0, got {cfg.dp_noise_multiplier}")
+    if cfg.dp_noise_multiplier and not cfg.dp_clip:
+        bad("dp_clip", "DP noise needs a clip: set dp_clip > 0 (the L2 norm each client's update is clipped to)")
+    if not 0 < cfg.dp_delta < 1:
+        bad("dp_delta", f"must lie in (0, 1), got {cfg.dp_delta}")
+    if cfg.dp_clip and cfg.algorithm == "scaffold":
+        bad("algorithm", "scaffold with DP (dp_clip > 0) is not supported: its control variates would carry "
+            "each client's unclipped, unnoised updates")

@@ -1,4 +1,4 @@
-"""FedAvg's math, with no MPI in it: who trains, how a client trains, how updates combine.
+"""FedAvg's bookkeeping, with no MPI in it: who trains where, with which randomness, summed how.
 
 Randomness contract (what makes results independent of the rank count and
 lets a resumed run continue bit for bit): the clients of round t are drawn
@@ -53,29 +53,47 @@ def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-class RoundSums:
-    """The one buffer each round reduces, in float64 so that sums do not depend on P.
+def two_sum_into(hi: np.ndarray, lo: np.ndarray, x) -> None:
+    """(hi, lo) += x, with hi + lo a double-double: the rounding error of each addition is kept in lo
+    (Knuth's TwoSum), so sums of the same addends in any grouping round to the same double."""
+    s = hi + x
+    back = s - hi
+    lo += (hi - (s - back)) + (x - back)
+    hi[...] = s
 
-    Layout: [Σ n_k·Δ_k (dim values) | scalars | one 'bad update' flag per sampled client].
-    The evaluation scalars describe the weights that were broadcast this round.
+
+class RoundSums:
+    """The one buffer each round reduces: every value a double-double (hi, lo), so that sums do not
+    depend on how the clients are spread over ranks, in float64 mode too.
+
+    Rows: [Σ w_k·Δ_k (dim values) | the algorithm's extra values | scalars | one 'bad update' flag
+    per sampled client]; columns (hi, lo), summed across ranks by comm.Comm.reduce_sum. w_k is n_k,
+    or 1 under DP (fedmpi.algorithms). The evaluation scalars describe the weights that were
+    broadcast this round. Plain float64 sums of float32 updates were exact; of float64 updates (or
+    of DP's clipped ones) they were not, and their grouping showed in the last bit.
     """
 
-    SCALARS = ("n", "n_loss", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds",
+    SCALARS = ("n", "n_loss", "weight", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds",
                "requeue_requests", "interrupt_requests")
 
-    def __init__(self, dim: int, clients_per_round: int):
+    def __init__(self, dim: int, extra: int, clients_per_round: int):
         self.dim = dim
-        self.buffer = np.zeros(dim + len(self.SCALARS) + clients_per_round, dtype=np.float64)
-        self.delta = torch.from_numpy(self.buffer[:dim])
-        self.bad = self.buffer[dim + len(self.SCALARS):]
+        self.at = dim + extra  # where the scalars start
+        self.buffer = np.zeros((self.at + len(self.SCALARS) + clients_per_round, 2))
+        self.hi, self.lo = self.buffer[:, 0], self.buffer[:, 1]
+        self.extra = self.hi[dim:self.at]  # one writer per value: no rounding to keep
+        self.bad = self.hi[self.at + len(self.SCALARS):]
+
+    def add_delta(self, delta: np.ndarray, weight: float) -> None:
+        two_sum_into(self.hi[:self.dim], self.lo[:self.dim], delta * weight if weight != 1 else delta)
+
+    def delta_sum(self) -> np.ndarray:
+        return self.hi[:self.dim] + self.lo[:self.dim]
 
     def __getitem__(self, name: str) -> float:
-        return float(self.buffer[self.dim + self.SCALARS.index(name)])
+        i = self.at + self.SCALARS.index(name)
+        return float(self.hi[i] + self.lo[i])
 
     def add(self, name: str, value: float) -> None:
-        self.buffer[self.dim + self.SCALARS.index(name)] += value
-
-
-def fedavg_update(weights: np.ndarray, sums: RoundSums) -> None:
-    """w_{t+1} = w_t + Σ n_k Δ_k / Σ n_k, computed in float64, stored in place as float32."""
-    weights[:] = weights + sums.buffer[:sums.dim] / sums["n"]
+        i = self.at + self.SCALARS.index(name)
+        two_sum_into(self.hi[i:i + 1], self.lo[i:i + 1], value)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmpi.algorithms.algorithm import Algorithm
 from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, load_checkpoint
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
@@ -38,6 +39,7 @@ class Setup:
     run_dir: Path
     folder: RunFolder | None      # the claimed run folder, on rank 0
     flat: FlatModel               # the model, on this rank's device
+    algorithm: Algorithm          # the federated optimizer (its server state lives on rank 0)
     worker: Worker | None         # this rank's clients and engine; None on a server-only rank
     resume: Checkpoint | None     # rank 0's: None to start at round 0 in an emptied run folder
     history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
@@ -75,28 +77,32 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
     flat = FlatModel(build_model(cfg.model, fed.input_shape, fed.num_classes, cfg.seed), device, dtype)
+    algorithm = Algorithm(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim, flat.num_params,
+                          flat.logical_order().numpy())
     worker = None
     if comm.is_worker:
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
-        worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers)
-    return Setup(cfg, fed, run_dir, folder, flat, worker, checkpoint, history)
+        worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     """The round loop; returns the exit status (0, or the stop request's).
 
-    Step t broadcasts [w_t | command], evaluates w_t if due, trains round t+1
-    and reduces. A non-zero command tells every rank to stop with that status,
+    Step t broadcasts [w_t | command | the algorithm's values for round t+1], evaluates w_t if due,
+    trains round t+1 and reduces. A non-zero command tells every rank to stop with that status,
     or (TARGET_REACHED) to finish normally with w_t.
     """
     from fedmpi.server import Server
 
-    cfg, fed, flat, worker = setup.cfg, setup.fed, setup.flat, setup.worker
-    # [weights | command], in the training dtype
-    packet = np.zeros(flat.dim + 1, dtype=np.float64 if cfg.precision == "float64" else np.float32)
-    weights = packet[:flat.dim]
+    cfg, fed, flat, worker, algorithm = setup.cfg, setup.fed, setup.flat, setup.worker, setup.algorithm
+    # [weights | command | algorithm's extra], in the training dtype
+    packet = np.zeros(flat.dim + 1 + algorithm.broadcast_extra,
+                      dtype=np.float64 if cfg.precision == "float64" else np.float32)
+    weights, extra = packet[:flat.dim], packet[flat.dim + 1:]
+    command = flat.dim
     m = cfg.clients_per_round(fed.num_clients)
-    sums = RoundSums(flat.dim, m)
+    sums = RoundSums(flat.dim, algorithm.reduction_extra, m)
     start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     server = None
@@ -108,7 +114,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
-                        setup.resume, setup.history)
+                        setup.resume, setup.history, algorithm)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
         print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "
@@ -122,29 +128,31 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
 
     for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()
+        round_ = step + 1 if step < cfg.rounds else None
+        sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
+        if server and round_:
+            algorithm.fill_broadcast(extra, sampled)
         bcast_seconds = comm.bcast(packet)
-        if packet[-1] == TARGET_REACHED:
+        if packet[command] == TARGET_REACHED:
             break
-        if packet[-1]:
-            return _stopped(int(packet[-1]), server, setup.run_dir, step)
+        if packet[command]:
+            return _stopped(int(packet[command]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
         sums.add("requeue_requests", stops.exit_code == REQUEUE)
         sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)
-        round_ = step + 1 if step < cfg.rounds else None
-        sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
         if worker:
-            worker.step(weights, round_, sampled, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
-        reduce_seconds = comm.reduce_sum(sums.buffer)
+            worker.step(weights, extra, round_, sampled, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
+        reduce_seconds = comm.reduce_sum(sums.buffer)  # (hi, lo) pairs
         if server:
             server.end_step(step, sampled, sums, {
                 "seconds": round(time.perf_counter() - started, 6), "bcast": round(bcast_seconds, 6),
                 "reduce": round(reduce_seconds, 6), "train_sum": round(sums["train_seconds"], 6),
                 "eval_sum": round(sums["eval_seconds"], 6)})
             if server.target_round is not None:
-                packet[-1] = TARGET_REACHED
+                packet[command] = TARGET_REACHED
             elif (sums["interrupt_requests"] or sums["requeue_requests"]) and step < cfg.rounds:
                 server.checkpoint(step + 1)
-                packet[-1] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
+                packet[command] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
     if server:
         flat.weights.copy_(torch.from_numpy(weights))
         server.finish(flat.model)

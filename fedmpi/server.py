@@ -17,15 +17,18 @@ import torch
 from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import RoundSums, fedavg_update
+from fedmpi.algorithms.algorithm import Algorithm
+from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
 from fedmpi.metrics import MetricsLog, write_json
 
 
 class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
-                 num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict]):
+                 num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict],
+                 algorithm: Algorithm):
         self.cfg = cfg
+        self.algorithm = algorithm
         self.run_dir = run_dir
         self.weights = weights
         self.federation = federation
@@ -39,6 +42,7 @@ class Server:
             self.history = [r for r in history if r["round"] < resume.round]
             self.pending = resume.pending
             weights[:] = resume.weights
+            algorithm.load_state(resume.state)
         self.log = MetricsLog(run_dir, cfg.rounds, self.history)
         self.started = time.perf_counter()
 
@@ -73,9 +77,10 @@ class Server:
         skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
         if sums["n"] == 0:
             raise FedMPIError(f"round {round_}: every sampled client sent a non-finite update; lower lr")
-        fedavg_update(self.weights, sums)
+        gains = self.algorithm.server_step(self.weights, sums.delta_sum(), sums["weight"], sums.extra, round_,
+                                           sampled)
         record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
-                  "seconds": timing["seconds"], "time": timing}
+                  **gains, "seconds": timing["seconds"], "time": timing}
         if skipped:
             record["skipped_clients"] = skipped
         return record
@@ -84,7 +89,7 @@ class Server:
         """Save w_round atomically; returns the seconds it took."""
         t = time.perf_counter()
         save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
-                                                 self.pending, self.weights))
+                                                 self.pending, self.weights, self.algorithm.state()))
         return time.perf_counter() - t
 
     def finish(self, model: torch.nn.Module) -> None:
@@ -105,6 +110,8 @@ class Server:
             "best_round": best.get("round"),
             "ranks": self.num_ranks,
             "workers": self.num_workers,
+            **({"epsilon": next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0),
+                "dp_delta": self.cfg.dp_delta} if self.algorithm.dp else {}),
             "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
         })

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, build_config, read_toml
+from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
 from fedmpi.errors import FedMPIError
 from fedmpi.runfolder import hold_lock
 
@@ -43,7 +43,9 @@ SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
 SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
 # Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed"}
+LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed",
+          "algorithm": "", "server_optimizer": "", "server_lr": "slr", "prox_mu": "mu", "server_momentum": "beta",
+          "dp_noise_multiplier": "z", "dp_clip": "S"}
 
 
 @dataclass
@@ -107,6 +109,8 @@ def run_name(point: dict, varying: list[str]) -> str:
     parts = []
     for key in varying:
         value = point.get(key)
+        if value is None:  # not set in this point's row: the default, left out of the name
+            continue
         if key == "data":
             parts.append(Path(str(value)).name)
         elif key == "batch_size" and value in (0, "inf", "full", "∞"):
@@ -129,7 +133,9 @@ def status(run: Run) -> str:
         except (ValueError, FedMPIError):
             done, recorded = {}, {}
         # Fields that change the result or its end; others (threads, eval_every, ...) may differ.
-        same = all(recorded.get(k) == run.config[k] for k in FIELD_NAMES
+        # A field the recorded config lacks was added later: the run had its default.
+        defaults = asdict(RunConfig())
+        same = all(recorded.get(k, defaults[k]) == run.config[k] for k in FIELD_NAMES
                    if k not in NON_SEMANTIC or k in ("rounds", "target_accuracy"))
         if same and (done.get("rounds") == run.config["rounds"] or done.get("target_round") is not None):
             return "complete"

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from fedmpi.algorithms.algorithm import Algorithm
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
@@ -37,31 +38,35 @@ def load_shards(fed: Federation, worker_index: int, num_workers: int, device: to
 
 class Worker:
     def __init__(self, cfg: RunConfig, fed: Federation, flat: FlatModel, shards, worker_index: int,
-                 num_workers: int):
+                 num_workers: int, algorithm: Algorithm):
         self.cfg = cfg
         self.fed = fed
         self.flat = flat
         self.index = worker_index
         self.num_workers = num_workers
         self.clients, self.test = shards
+        self.algorithm = algorithm
         prepare = inputs_for(fed, flat.weights.device, flat.weights.dtype)
-        self.engine = Engine(flat, prepare, cfg.stack_clients, next(iter(self.clients.values())))
+        self.engine = Engine(flat, prepare, cfg.stack_clients, next(iter(self.clients.values())),
+                             corrected=algorithm.corrects_gradients)
         self.start = torch.empty_like(flat.weights)
         # float64 copies made once per round, not per client: w_k − w_t in float64 is exact.
         self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)
         self.delta64 = torch.empty_like(self.start64)
 
-    def step(self, weights: np.ndarray, round_: int | None, sampled: np.ndarray, evaluate_now: bool,
-             sums: RoundSums) -> None:
-        """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`."""
+    def step(self, weights: np.ndarray, extra: np.ndarray, round_: int | None, sampled: np.ndarray,
+             evaluate_now: bool, sums: RoundSums) -> None:
+        """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`;
+        `extra` is what the algorithm broadcast for the round (SCAFFOLD's control variates)."""
         self.start.copy_(torch.from_numpy(weights))
         self.start64.copy_(self.start)
         if evaluate_now:
             t = time.perf_counter()
             self.flat.weights.copy_(self.start)
             correct, loss, count = self.engine.evaluate(*self.test)
-            sums.add("correct", correct)
-            sums.add("test_loss", loss)
+            for chunk_correct, chunk_loss in zip(correct, loss):
+                sums.add("correct", chunk_correct)
+                sums.add("test_loss", chunk_loss)
             sums.add("test_count", count)
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
@@ -71,18 +76,23 @@ class Worker:
             if k not in self.clients:
                 self.clients[k] = on_device(self.fed.load_client(k), self.flat.weights.device)
         slots = list(mine)
+        device, dtype = self.flat.weights.device, self.flat.weights.dtype
         for stack in self.engine.stacks([len(self.clients[mine[slot]][1]) for slot in slots]):
             stack = [slots[i] for i in stack]
+            corrections = [self.algorithm.correction(extra, slot, device, dtype) for slot in stack]
+            correction = corrections[0] and (corrections[0][0], None if corrections[0][1] is None else
+                                             [offset for _, offset in corrections])
             weights, losses = self.engine.train(
                 self.start, [self.clients[mine[slot]] for slot in stack],
                 [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
-                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr)
+                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr, correction)
             for row, slot in enumerate(stack):
-                self._add(round_, mine[slot], slot, weights[row], losses[row], sums)
+                self._add(round_, mine[slot], slot, weights[row], losses[row], extra, sums)
         sums.add("train_seconds", time.perf_counter() - t)
 
-    def _add(self, round_: int, k: int, slot: int, trained: torch.Tensor, loss: float, sums: RoundSums) -> None:
-        """Client k's n_k·Δ_k into the round's sums, or its 'bad update' flag."""
+    def _add(self, round_: int, k: int, slot: int, trained: torch.Tensor, loss: float, extra: np.ndarray,
+             sums: RoundSums) -> None:
+        """Client k's update into the round's sums (as its algorithm says), or its 'bad update' flag."""
         delta = self.delta64.copy_(trained).sub_(self.start64)
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
             if self.cfg.on_bad_update == "abort":
@@ -91,6 +101,7 @@ class Worker:
             sums.bad[slot] = 1.0
             return
         n = len(self.clients[k][1])
-        sums.delta.add_(delta.cpu(), alpha=n)
+        steps = self.cfg.epochs * -(-n // (self.cfg.batch_size or n))
+        self.algorithm.contribute(delta, n, steps, slot, extra, sums, sums.extra)
         sums.add("n", n)
         sums.add("n_loss", n * loss)

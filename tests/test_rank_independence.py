@@ -42,3 +42,12 @@ def test_one_client_per_worker_matches_single_rank(federation, tmp_path):
     assert "11 rank(s), 10 worker(s)" in many.stdout
     np.testing.assert_array_equal(final_weights(tmp_path / "p11"), final_weights(tmp_path / "p1"))
     assert single.returncode == 0
+
+
+def test_float64_results_do_not_depend_on_rank_count_either(federation, tmp_path):
+    """float64 updates are not exact in a float64 sum: the reduction's double-double sums (fedavg.RoundSums)
+    make their grouping over the ranks invisible."""
+    flags = [*FLAGS, "--precision", "float64"]
+    train(0, federation(), tmp_path / "p1", *flags)
+    train(3, federation(), tmp_path / "p3", *flags)
+    np.testing.assert_array_equal(final_weights(tmp_path / "p3"), final_weights(tmp_path / "p1"))

@@ -169,3 +169,22 @@ def test_a_run_without_an_evaluated_round_is_left_out_with_a_note(tmp_path, caps
     r = capsys.readouterr()
     assert [row["rounds to target"] for row in parse(r.out)] == ["1"]
     assert "started: no evaluated round yet; left out" in r.err
+
+
+def test_optimizers_are_named_and_each_keeps_its_own_tuned_grid(capsys, tmp_path):
+    """Each optimizer is a setting of its own: --best-lr picks within it, over the values it was tuned on."""
+    make_run(tmp_path / "avg05", [0.1, 0.5, 0.95], lr=0.05, target_accuracy=0.9)
+    make_run(tmp_path / "avg1", [0.1, 0.95], lr=0.1, target_accuracy=0.9)
+    make_run(tmp_path / "adam001", [0.1, 0.5, 0.5, 0.95], server_optimizer="adam", server_lr=0.01,
+             target_accuracy=0.9)
+    make_run(tmp_path / "adam003", [0.1, 0.5, 0.95], server_optimizer="adam", server_lr=0.03, target_accuracy=0.9)
+    make_run(tmp_path / "prox", [0.1, 0.8], algorithm="fedprox", prox_mu=0.1, target_accuracy=0.9)
+    make_run(tmp_path / "dp", [0.1, 0.3], dp_clip=1.0, dp_noise_multiplier=1.0, target_accuracy=0.9)
+    rows = table(capsys, *sorted(tmp_path.iterdir()), "--best-lr")
+    got = {r["optimizer"]: (r["η"], r["tuned (grid)"], r["rounds to target"]) for r in rows}
+    assert got == {
+        "FedAvg": ("0.1", "η 0.1 (0.05, 0.1)", "1"),
+        "FedAdam": ("0.1", "server η 0.03 (0.01, 0.03)", "2"),
+        "FedProx": ("0.1", "(one run)", "not in 1"),
+        "DP-FedAvg (z = 1)": ("0.1", "(one run)", "not in 1"),
+    }

@@ -136,7 +136,7 @@ def two_plays(sdist, run_data_prep, tmp_path_factory):
 
 
 def test_a_sequence_federation_trains_alike_on_3_ranks_and_on_one(two_plays, tmp_path):
-    flags = ("--model", "lstm", "--fraction", "0.2", "--epochs", "1", "--batch-size", "10", "--lr", "1.47",
+    flags = ("--model", "lstm", "--fraction", "0.1", "--epochs", "1", "--batch-size", "10", "--lr", "1.47",
              "--rounds", "2", "--seed", "1", "--threads", "1")
     r = train(3, two_plays, tmp_path / "p3", *flags)
     assert "(the paper: 866,578" in r.stdout or "the paper: 866,578" in r.stdout

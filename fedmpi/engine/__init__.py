@@ -38,24 +38,39 @@ EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
 
 
 def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor,
-              draws: torch.Tensor | None, batch: int, lr: float, prepare) -> torch.Tensor:
+              draws: torch.Tensor | None, batch: int, lr: float, prepare,
+              correction: tuple[float, torch.Tensor | None, int] | None = None) -> torch.Tensor:
     """E epochs of minibatch SGD for each of the G clients whose weights are the rows of `rows` (in place).
 
     x, y: the clients' examples (G, n, ...); orders (G, E, n): each client's order of its examples in
     each epoch; draws (G, E, n, k): the random numbers of each example's augmentation in each epoch,
-    or None; batch 0 is the whole local set (B = ∞). Returns each client's summed batch losses (G,)
-    on the device. Capturable in a CUDA graph: no host synchronisation, every shape fixed by the inputs.
+    or None; batch 0 is the whole local set (B = ∞). `correction` (μ, offset (G, P) or None, P) makes
+    each step w ← w − η (∇f(w) + μ (w − w_start) + offset) on the first P values (the parameters),
+    both terms taken at the step's start (FedProx, SCAFFOLD; fedmpi.algorithms). Returns each
+    client's summed batch losses (G,) on the device. Capturable in a CUDA graph: no host
+    synchronisation, every shape fixed by the inputs.
     """
     g, epochs, n = orders.shape
     b = n if batch == 0 else batch
     clients = torch.arange(g, device=orders.device).unsqueeze(1)
     total = torch.zeros(g, dtype=rows.dtype, device=rows.device)
+    if correction:
+        mu, offset, p = correction
+        params = rows[:, :p]
+        anchor = params.clone() if mu else None
     step.begin(rows, lr)
     for e in range(epochs):
         for i in range(0, n, b):
+            if correction:
+                d = torch.zeros_like(params) if offset is None else offset.clone()
+                if mu:
+                    d.add_(params - anchor, alpha=mu)
             idx = orders[:, e, i:i + b]
             batch_draws = None if draws is None else draws[clients, e, idx]
             total += step(prepare(x[clients, idx], batch_draws), y[clients, idx])
+            if correction:
+                with torch.no_grad():
+                    params.sub_(d, alpha=lr)
     step.end(rows)
     return total
 
@@ -63,16 +78,19 @@ def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders
 class Engine:
     """Trains one worker's clients of a model (a FlatModel on the worker's device)."""
 
-    def __init__(self, flat: FlatModel, prepare, stack_clients: int, example: tuple[torch.Tensor, torch.Tensor]):
+    def __init__(self, flat: FlatModel, prepare, stack_clients: int, example: tuple[torch.Tensor, torch.Tensor],
+                 corrected: bool = False):
+        """`corrected`: clients train on corrected gradients (FedProx, SCAFFOLD), which need every step's
+        parameters in the stack's rows, so the fused MLP step, which keeps its own copies, is not used."""
         self.flat = flat
         self.prepare = prepare
         self._check(*example)
         device = flat.weights.device.type
         self.limit = stack_clients or DEFAULT_STACK.get(device, 16)
         self.why_alone = None
-        if self.limit == 1:
-            self.step = LoopStep(flat)
-        elif device == "cpu" and is_mlp(flat.model):
+        if self.limit == 1 or (corrected and device == "cpu" and not stack_clients):
+            self.step, self.limit = LoopStep(flat), 1
+        elif device == "cpu" and is_mlp(flat.model) and not corrected:
             self.step = FusedMLPStep(flat)
         elif device == "cpu" and not stack_clients:
             self.step, self.limit = LoopStep(flat), 1
@@ -99,8 +117,8 @@ class Engine:
             raise FedMPIError(f"config field 'model': the model cannot take this federation's examples "
                               f"({tuple(x.shape[1:])}, {x.dtype} as stored): {why}"[:400])
 
-    def _local_sgd(self, rows, x, y, orders, draws, batch, lr):
-        return local_sgd(self.step, rows, x, y, orders, draws, batch, lr, self.prepare)
+    def _local_sgd(self, rows, x, y, orders, draws, batch, lr, correction=None):
+        return local_sgd(self.step, rows, x, y, orders, draws, batch, lr, self.prepare, correction)
 
     def _probe(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
         """None if the stacked step runs on two clients of these examples, else why not (one line)."""
@@ -130,8 +148,11 @@ class Engine:
         return [same[i:i + self.limit] for same in by_size.values() for i in range(0, len(same), self.limit)]
 
     def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
-              generators: list[torch.Generator], epochs: int, batch: int, lr: float):
+              generators: list[torch.Generator], epochs: int, batch: int, lr: float,
+              correction: tuple[float, list[torch.Tensor] | None] | None = None):
         """E epochs of minibatch SGD from `start` for each client of one stack (equal sizes).
+
+        `correction`: (μ, each client's gradient offset or None), see local_sgd.
 
         Returns their weights as the rows of a (G, dim) tensor and each one's mean batch loss.
         Client k's example order in each epoch is a torch.randperm from its own generator; a
@@ -149,33 +170,37 @@ class Engine:
         x = torch.stack([x for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
         y = torch.stack([y for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
         rows = start.repeat(g, 1)
+        if correction:
+            mu, offsets = correction
+            correction = (mu, None if offsets is None else torch.stack(offsets), self.flat.num_params)
         if self.graphed:
             try:
-                total = self.graphed(rows, x, y, orders, draws, batch, lr)
+                total = self.graphed(rows, x, y, orders, draws, batch, lr, correction)
             except RuntimeError as e:  # a capture that fails: eager from now on, said once
                 print(f"fedmpi: warning: CUDA graph capture failed ({str(e).splitlines()[0]}); "
                       "training stacks without graphs", flush=True)
                 self.graphed = None
                 rows = start.repeat(g, 1)
         if not self.graphed:
-            total = self._local_sgd(rows, x, y, orders, draws, batch, lr)
+            total = self._local_sgd(rows, x, y, orders, draws, batch, lr, correction)
         steps = epochs * -(-n // (batch or n))
         return rows, [float(t) / steps for t in total.cpu()]
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
-        """(number correct, summed cross-entropy, number of targets) of the weights in flat.weights on (x, y).
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float], int]:
+        """Per chunk of EVAL_CHUNK examples, the number correct and the summed cross-entropy of the
+        weights in flat.weights on (x, y); and the number of targets.
 
-        Each chunk's loss is summed in the model's dtype then added in float64, so with
-        chunk-aligned slices the total does not depend on how many workers share the test set.
+        Chunks, not their totals: the caller adds them into the round's double-double sums, so the
+        total does not depend on how many workers share the test set (chunk-aligned slices).
         """
         model = self.flat.model
         model.eval()
-        right, loss = 0.0, 0.0
+        right, loss = [], []
         for i in range(0, len(y), EVAL_CHUNK):
             logits = model(self.prepare(x[i:i + EVAL_CHUNK]))
-            loss += float(token_cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum"))
-            right += float(correct(logits, y[i:i + EVAL_CHUNK]))
+            loss.append(float(token_cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum")))
+            right.append(float(correct(logits, y[i:i + EVAL_CHUNK])))
         model.train()
         return right, loss, count(y)
 

@@ -32,6 +32,7 @@ class FlatModel:
             self.layout[name] = (offset, tuple(t.shape), t.stride())
             offset += t.numel()
         self.dim = offset
+        self.num_params = sum(t.numel() for t in self.model.parameters())  # the flat state's first values
         self.weights = torch.empty(self.dim, device=device, dtype=dtype)
         with torch.no_grad():
             for name, t in tensors.items():
@@ -41,6 +42,12 @@ class FlatModel:
     def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
         offset, shape, strides = self.layout[name]
         return flat.as_strided(shape, strides, flat.storage_offset() + offset)
+
+    def logical_order(self) -> torch.Tensor:
+        """The flat positions of the values in state_dict order (each tensor row-major): what a value's
+        index would be if the memory layouts were the defaults (DP noise is drawn in this order)."""
+        positions = torch.arange(self.dim)
+        return torch.cat([self.view(positions, name).reshape(-1) for name in self.layout])
 
     def stacked(self, rows: torch.Tensor) -> tuple[dict, dict]:
         """(params, buffers) of the G clients in `rows` (G, dim), as (G, *shape) views; the integer

@@ -52,7 +52,8 @@ class VmapStep:
 
 
 class GraphedTraining:
-    """Runs `train(rows, x, y, orders, draws)` from a CUDA graph captured once per shape of its inputs.
+    """Runs `train(rows, x, y, orders, draws, batch, lr, correction)` from a CUDA graph captured once per
+    shape of its inputs.
 
     The inputs are copied into the graph's static tensors before each replay and the trained
     rows copied out after it; a capture that fails turns graphs off for good (eager from then on).
@@ -62,11 +63,12 @@ class GraphedTraining:
         self.train = train
         self.graphs: dict[tuple, tuple] = {}  # each with its own memory pool: they replay in any order
 
-    def __call__(self, rows, x, y, orders, draws, batch, lr):
-        inputs = (rows, x, y, orders, draws)
-        key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr)
+    def __call__(self, rows, x, y, orders, draws, batch, lr, correction=None):
+        mu, offset, p = correction or (0.0, None, 0)
+        inputs = (rows, x, y, orders, draws, offset)
+        key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr, mu, p, correction is None)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(inputs, batch, lr)
+            self.graphs[key] = self._capture(inputs, batch, lr, correction)
         graph, static, losses = self.graphs[key]
         for s, v in zip(static, inputs):
             if v is not None:
@@ -75,16 +77,17 @@ class GraphedTraining:
         rows.copy_(static[0])
         return losses.clone()
 
-    def _capture(self, inputs, batch, lr):
+    def _capture(self, inputs, batch, lr, correction):
         static = [None if t is None else t.clone() for t in inputs]
-        rows, x, y, orders, draws = static
+        rows, x, y, orders, draws, offset = static
+        correction = correction and (correction[0], offset, correction[2])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up, as CUDA graphs ask: one step, on the static copies
             b = orders.shape[2] if batch == 0 else min(batch, orders.shape[2])
-            self.train(rows, x, y, orders[:, :1, :b], None if draws is None else draws[:, :1], 0, lr)
+            self.train(rows, x, y, orders[:, :1, :b], None if draws is None else draws[:, :1], 0, lr, correction)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            losses = self.train(*static, batch, lr)
+            losses = self.train(rows, x, y, orders, draws, batch, lr, correction)
         return graph, static, losses

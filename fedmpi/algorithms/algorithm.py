@@ -1,0 +1,99 @@
+"""The Algorithm of a run (see fedmpi/algorithms/__init__.py for the update rules)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmpi.algorithms import privacy
+from fedmpi.algorithms.optimizers import ServerOptimizer
+
+
+class Algorithm:
+    """One run's algorithm: `num_params` P of the model's `dim` flat values are parameters (the rest buffers)."""
+
+    def __init__(self, cfg, num_clients: int, clients_per_round: int, dim: int, num_params: int,
+                 logical_order: np.ndarray):
+        """`logical_order`: the flat positions of the model's values in state_dict order (FlatModel)."""
+        self.cfg = cfg
+        self.order = logical_order
+        self.k, self.m, self.dim, self.p = num_clients, clients_per_round, dim, num_params
+        self.scaffold = cfg.algorithm == "scaffold"
+        self.mu = cfg.prox_mu if cfg.algorithm == "fedprox" else 0.0
+        self.dp = cfg.dp_clip > 0
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum,
+                                         cfg.server_beta1, cfg.server_beta2, cfg.server_tau, num_params)
+        # SCAFFOLD: broadcast [c | c_k of each sampled slot], reduce [Δc_k of each slot]
+        self.broadcast_extra = (1 + self.m) * num_params if self.scaffold else 0
+        self.reduction_extra = self.m * num_params if self.scaffold else 0
+        self.control = np.zeros((num_clients + 1, num_params)) if self.scaffold else None  # rows: c_0..c_K-1, c
+
+    @property
+    def corrects_gradients(self) -> bool:
+        """Whether clients train on a corrected gradient (the engine then keeps every step's parameters)."""
+        return bool(self.mu) or self.scaffold
+
+    # ---- the server (rank 0) ------------------------------------------------------------------------
+
+    def fill_broadcast(self, extra: np.ndarray, sampled: np.ndarray) -> None:
+        if self.scaffold:
+            extra[:self.p] = self.control[-1]
+            extra[self.p:] = self.control[sampled].ravel()
+
+    def server_step(self, weights: np.ndarray, delta_sum: np.ndarray, weight: float, extra: np.ndarray,
+                    round_: int, sampled: np.ndarray) -> dict:
+        """w_{t+1} from the reduced sums (in place); returns what the round's record gains."""
+        record = {}
+        if self.dp:
+            std = self.cfg.dp_noise_multiplier * self.cfg.dp_clip
+            noise = np.empty(self.dim)
+            noise[self.order] = privacy.noise(self.cfg.seed, round_, std, self.dim)  # drawn in state_dict order
+            average = (delta_sum + noise) / self.m
+            record["epsilon"] = privacy.epsilon(self.cfg.dp_noise_multiplier, self.m / self.k, round_,
+                                                self.cfg.dp_delta)
+        else:
+            average = delta_sum / weight
+        self.optimizer.step(weights, average)
+        if self.scaffold:
+            changes = extra.reshape(self.m, self.p)
+            self.control[sampled] += changes
+            self.control[-1] += changes.sum(0) / self.k
+        return record
+
+    def state(self) -> dict[str, np.ndarray]:
+        state = {f"server_{name}": value for name, value in self.optimizer.state.items()}
+        if self.scaffold:
+            state["control_variates"] = self.control
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        for name in self.optimizer.state:
+            self.optimizer.state[name][:] = state[f"server_{name}"]
+        if self.scaffold:
+            self.control[:] = state["control_variates"]
+
+    # ---- a worker ---------------------------------------------------------------------------------
+
+    def correction(self, extra: np.ndarray, slot: int, device, dtype) -> tuple[float, torch.Tensor | None] | None:
+        """(μ, the constant gradient correction c − c_k) of the client in `slot`, or None."""
+        if not self.corrects_gradients:
+            return None
+        offset = None
+        if self.scaffold:
+            c, c_k = extra[:self.p], extra[self.p * (1 + slot):self.p * (2 + slot)]
+            offset = torch.from_numpy(c - c_k).to(device=device, dtype=dtype)
+        return self.mu, offset
+
+    def contribute(self, delta: torch.Tensor, n: int, steps: int, slot: int, broadcast_extra: np.ndarray,
+                   sums, reduction_extra: np.ndarray) -> None:
+        """Client `slot`'s update Δ_k (float64, on its device) into the round's sums."""
+        if self.dp:
+            norm = float(torch.linalg.vector_norm(delta))
+            if norm > self.cfg.dp_clip:
+                delta.mul_(self.cfg.dp_clip / norm)
+        weight = 1 if self.dp else n
+        sums.add_delta(delta.cpu().numpy(), weight)
+        sums.add("weight", weight)
+        if self.scaffold:  # Δc_k = −c + (w_t − y_k)/(K η) = −c − Δ_k/(K η), on the parameters
+            c = broadcast_extra[:self.p]
+            change = -c - delta[:self.p].cpu().numpy() / (steps * self.cfg.lr)
+            reduction_extra[self.p * slot:self.p * (slot + 1)] = change
