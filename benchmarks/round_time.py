@@ -106,7 +106,7 @@ def _floor_worker(args):
     for r, clients in enumerate(plans, start=1):
         start = time.perf_counter()
         mine = [int(k) for k in clients[part::parts]]
-        for stack in engine.stacks([len(data[k][1]) for k in mine]):  # as fedmpi's workers do
+        for stack in engine.stacks([len(data[k][1]) for k in mine], cfg["batch_size"]):  # as fedmpi's workers do
             engine.train(start_weights, [data[mine[i]] for i in stack],
                          [client_generator(SEED, r, mine[i]) for i in stack], cfg["epochs"], cfg["batch_size"],
                          cfg["lr"])

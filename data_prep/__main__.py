@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import partition, sources, writer
+from data_prep.sources import synthetic
 from fedmpi.errors import FedMPIError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="data_prep", description=__doc__)
-    p.add_argument("--dataset", choices=sources.DATASETS, default="mnist")
+    p.add_argument("--dataset", choices=[*sources.DATASETS, "synthetic"], default="mnist")
     p.add_argument("--partition", choices=("iid", "shards", "dirichlet", "natural"), default="iid",
                    help="iid (default), shards (the paper's non-IID MNIST), dirichlet (label skew), natural "
                         "(one client per natural client of the dataset, e.g. a Shakespeare role)")
@@ -35,6 +36,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unchecked", action="store_true",
                    help="do not check the source files against their published checksums (a subset or a "
                         "re-encoded copy); the federation's own files are checksummed all the same")
+    g = p.add_argument_group("synthetic (Synthetic(α, β) of Li et al. 2020; data_prep/sources/synthetic.py)")
+    g.add_argument("--model-skew", type=float, help="α: how much the clients' models differ")
+    g.add_argument("--feature-skew", type=float, help="β: how much the clients' features differ")
+    g.add_argument("--size-mu", type=float, default=1.0, help="client sizes floor(lognormal(mu, sigma)) + "
+                   "min (default mu 1; the paper: 4)")
+    g.add_argument("--size-sigma", type=float, default=2.0, help="(default 2, as the paper)")
+    g.add_argument("--min-size", type=int, default=10, help="(default 10; the paper: 50)")
+    g.add_argument("--max-size", type=int, default=1000, help="cap on a client's size (default 1000; 0: none)")
+    p.add_argument("--manifest", choices=("auto", "json", "index"), default="auto",
+                   help=f"list the clients in manifest.json or in clients.h5 with packed files "
+                        f"(auto: clients.h5 from {writer.INDEX_FROM:,} clients)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is an earlier federation (or an empty folder)")
     p.add_argument("--no-standardize", action="store_true",
@@ -49,6 +61,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--unbalance goes with --partition iid only")
     if not 0 <= args.unbalance <= partition.MAX_UNBALANCE:  # nan too
         p.error(f"--unbalance {args.unbalance:g}: must lie in 0..{partition.MAX_UNBALANCE:g}")
+    skews = (args.model_skew, args.feature_skew)
+    if (args.dataset == "synthetic") != (None not in skews) or (args.dataset != "synthetic" and any(skews)):
+        p.error("--model-skew and --feature-skew go with --dataset synthetic, and it needs both")
+    if args.dataset == "synthetic" and args.partition != "iid":
+        p.error("--dataset synthetic makes its clients itself: leave out --partition")
     return args
 
 
@@ -81,23 +98,32 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     args = parse_args(argv)
     writer.check_target(args.out, args.overwrite)  # fail before minutes of loading, not after
-    data = sources.load(args.dataset, args.source, checked=not args.unchecked)
-    parts, entry = split(args, data)
+    if args.dataset == "synthetic":
+        data = synthetic.make(args.clients or 100, args.model_skew, args.feature_skew, args.seed, args.size_mu,
+                              args.size_sigma, args.min_size, args.max_size)
+        clients, sizes = data.clients(), data.sizes
+        entry, names = {"name": f"({args.model_skew:g}, {args.feature_skew:g})", "model_skew": args.model_skew,
+                        "feature_skew": args.feature_skew}, None
+    else:
+        data = sources.load(args.dataset, args.source, checked=not args.unchecked)
+        parts, entry = split(args, data)
+        clients, sizes = ((data.train_x[p], data.train_y[p]) for p in parts), [len(p) for p in parts]
+        names = data.natural_names if args.partition == "natural" else None
     writer.write_federation(
-        args.out, data, parts,
+        args.out, data, clients, np.asarray(sizes),
         dataset=args.dataset, partition=entry, seed=args.seed,
         command=shlex.join(["python", "-m", "data_prep", *argv]),
         clients_per_file=args.clients_per_file, overwrite=args.overwrite,
-        standardize=not args.no_standardize,
+        standardize=not args.no_standardize, index={"auto": None, "json": False, "index": True}[args.manifest],
+        names=names,
     )
-    sizes = [len(p) for p in parts]
-    clients = f"{len(parts)} clients" + (f"; {data.note}" if data.note else "")
-    line = (f"data_prep: wrote {args.out}: {args.dataset} {args.partition}, {clients}, "
+    clients = f"{len(sizes)} clients" + (f"; {data.note}" if data.note else "")
+    line = (f"data_prep: wrote {args.out}: {args.dataset} {entry['name']}, {clients}, "
             f"examples per client min/median/max {min(sizes)}/{int(np.median(sizes))}/{max(sizes)}")
     if data.kind == "sequence":
         chars = [int((data.train_y[p] >= 0).sum()) for p in parts]
         line += f", characters per client {min(chars)}/{int(np.median(chars))}/{max(chars)}"
-    print(f"{line}, test {len(data.test_y)}, {time.perf_counter() - start:.1f} s")
+    print(f"{line}, {time.perf_counter() - start:.1f} s")
 
 
 def stop(signum, frame):

@@ -10,17 +10,20 @@ import json
 import os
 import shutil
 import threading
+import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data_prep.sources import Dataset
 from fedmpi.errors import FedMPIError
 
 STOP = threading.Event()  # set (by a signal handler) to stop writing; the partial folder is removed
-FORMAT_VERSION = 2  # 2: sequence federations; fedmpi reads 1 (images only) and 2
+FORMAT_VERSION = 2  # 2: sequence and feature federations, clients.h5 indexes; fedmpi reads 1 and 2
+INDEX_FROM = 10_001  # clients from which the manifest's client list moves to clients.h5 (JSON up to that)
+INDEX_FILE = "clients.h5"
 MANIFEST = "manifest.json"
 TEST_FILE = "test.h5"
 
@@ -48,8 +51,9 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 def write_federation(
     out: Path,
-    data: Dataset,
-    parts: list[np.ndarray],
+    data,
+    clients: Iterable[tuple[np.ndarray, np.ndarray]],
+    sizes: np.ndarray,
     *,
     dataset: str,
     partition: dict,
@@ -58,45 +62,60 @@ def write_federation(
     clients_per_file: int = 1,
     overwrite: bool = False,
     standardize: bool = True,
+    index: bool | None = None,
+    names: list[str] | None = None,
 ) -> None:
-    """Write test.h5, the client files and manifest.json into `out`.
+    """Write test.h5, the client files and manifest.json into `out`, a file of clients at a time.
 
-    `parts[k]` are the training indices of client k; `partition` is the manifest's
-    `partition` entry. Without `standardize`, the manifest's normalisation is
-    mean 0, std 1: the models see pixels x/255 in [0, 1].
+    `clients` yields client k's (x, y) in order, `sizes` their lengths; `data` gives the test set,
+    the kind and its manifest fields (a sources.Dataset or sources.synthetic.Synthetic).
+    `partition` is the manifest's `partition` entry. Without `standardize`, the manifest's
+    normalisation is mean 0, std 1: the models see pixels x/255 in [0, 1]. `index` (default:
+    above INDEX_FROM clients) lists the clients in clients.h5 instead of the JSON, with each file
+    packed (docs/federation-format.md), so that readers start in the same time at any K. `names`:
+    the clients' names (a natural partition's).
     """
     if clients_per_file < 1:
         raise FedMPIError(f"--clients-per-file {clients_per_file}: must be >= 1")
+    index = len(sizes) >= INDEX_FROM if index is None else index
     check_target(out, overwrite)
+    test_x, test_y = data.test if hasattr(data, "test") else (data.test_x, data.test_y)
+    check_space(out, sizes, test_x, test_y)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     tmp.mkdir()
     try:
         with h5py.File(tmp / TEST_FILE, "w") as f:
-            _write_xy(f, data.test_x, data.test_y)
-        clients = _write_clients(tmp, data, parts, clients_per_file)
+            _write_xy(f, test_x, test_y)
+        files, entries = _write_clients(tmp, data, clients, len(sizes), clients_per_file, index, names)
         if data.kind == "image":
             channels = data.train_x.shape[1]
             kind = {"image_shape": list(data.train_x.shape[1:]), "normalize": _normalize(data.train_x) if standardize
                     else {"mean": [0.0] * channels, "std": [1.0] * channels}}
         else:
             kind = {}
+        if index:
+            with h5py.File(tmp / INDEX_FILE, "w") as f:
+                f.create_dataset("n", data=np.asarray(sizes, dtype=np.int64))
+                f.create_dataset("file", data=np.repeat(np.arange(len(files), dtype=np.int32),
+                                                        [clients_per_file] * (len(files) - 1)
+                                                        + [len(sizes) - clients_per_file * (len(files) - 1)]))
         manifest = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
             "kind": data.kind,
             "partition": partition,
             "seed": seed,
-            "num_clients": len(parts),
+            "num_clients": len(sizes),
             "num_classes": data.num_classes,
             **kind,
             **data.fields,
             "source": data.source,
             "command": command,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "test": {"file": TEST_FILE, "group": "/", "n": len(data.test_y)},
-            "clients": clients,
+            "test": {"file": TEST_FILE, "group": "/", "n": len(test_y)},
+            **({"index": {"file": INDEX_FILE, "files": files}} if index else {"clients": entries}),
             "sha256": {p.name: _sha256_synced(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / MANIFEST).write_text(_manifest_json(manifest))
@@ -106,6 +125,17 @@ def write_federation(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_space(out: Path, sizes: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> None:
+    """Refuse, before writing anything, a federation the disk cannot hold (estimated from one test example)."""
+    per_example = (test_x[0].nbytes + test_y[0].nbytes) if len(test_y) else 0
+    need = int(per_example * (int(np.sum(sizes)) + len(test_y)) * 1.05) + 4096 * (len(sizes) + 16)
+    folder = next(p for p in [out.absolute().parent, *out.absolute().parents] if p.exists())
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise FedMPIError(f"--out {out}: the federation needs about {need / 2**30:.1f} GiB and {folder} has "
+                          f"{free / 2**30:.1f} GiB free; choose fewer clients or another disk")
 
 
 def _remove_abandoned(out: Path) -> None:
@@ -123,28 +153,44 @@ def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
     group.create_dataset("y", data=np.ascontiguousarray(y))
 
 
-def _write_clients(folder: Path, data: Dataset, parts: list[np.ndarray], per_file: int) -> list[dict]:
-    """One file per client (root group), or `per_file` clients per file in groups /clients/<id>."""
-    entries = []
-    for first in range(0, len(parts), per_file):
+def _write_clients(folder: Path, data, clients: Iterable, num_clients: int, per_file: int,
+                   packed: bool, names: list[str] | None) -> tuple[list[str], list[dict]]:
+    """The client files: one client per file (root group), `per_file` clients per file in groups
+    /clients/<id>, or packed: per file one x and one y of all its clients and `offsets` [c + 1] where
+    client first + i's rows begin (attribute `first`). Returns the file names and the JSON entries."""
+    files, entries = [], []
+    clients = iter(clients)
+    started, shown = time.monotonic(), time.monotonic()
+    for first in range(0, num_clients, per_file):
         if STOP.is_set():
             raise Stopped
-        ids = range(first, min(first + per_file, len(parts)))
+        ids = range(first, min(first + per_file, num_clients))
         name = f"client-{first:05d}.h5" if per_file == 1 else f"clients-{ids[0]:05d}-{ids[-1]:05d}.h5"
+        chunk = [next(clients) for _ in ids]
         with h5py.File(folder / name, "w") as f:
-            for k in ids:
+            if packed:
+                _write_xy(f, np.concatenate([x for x, _ in chunk]), np.concatenate([y for _, y in chunk]))
+                f.create_dataset("offsets", data=np.cumsum([0] + [len(y) for _, y in chunk], dtype=np.int64))
+                f.attrs["first"] = first
+            for k, (x, y) in zip(ids, chunk):
+                if packed:
+                    continue
                 group = f if per_file == 1 else f.create_group(f"clients/{k}")
-                y = data.train_y[parts[k]]
-                _write_xy(group, data.train_x[parts[k]], y)
+                _write_xy(group, x, y)
                 entry = {"id": k, "file": name, "group": group.name, "n": len(y)}
-                if data.kind == "image":
-                    entry["label_histogram"] = np.bincount(y, minlength=data.num_classes).tolist()
-                else:
+                if data.kind == "sequence":
                     entry["tokens"] = int((y >= 0).sum())
-                if data.natural_names and parts is data.natural:
-                    entry["name"] = data.natural_names[k]
+                else:
+                    entry["label_histogram"] = np.bincount(y, minlength=data.num_classes).tolist()
+                if names:
+                    entry["name"] = names[k]
                 entries.append(entry)
-    return entries
+        files.append(name)
+        if time.monotonic() - shown > 10:  # a progress line in batch logs
+            shown = time.monotonic()
+            print(f"data_prep: wrote {ids[-1] + 1:,} of {num_clients:,} clients "
+                  f"({100 * (ids[-1] + 1) / num_clients:.0f} %), {shown - started:.0f} s", flush=True)
+    return files, entries
 
 
 def _normalize(x: np.ndarray) -> dict:

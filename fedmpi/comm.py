@@ -30,6 +30,7 @@ from mpi4py import MPI  # noqa: E402  (initialises MPI, which reads the variable
 # beside it by 14 %, a 5 ms one by 3 %), but every step of a collective waits for
 # its ranks to poll, so the cap cannot be large (docs/performance.md).
 MAX_SLEEP = 2e-3
+ABORT_GRACE = 0.3  # seconds between a failing rank's last words and its MPI_Abort
 
 
 def _add_double_doubles(inbuf, inoutbuf, datatype) -> None:
@@ -125,11 +126,13 @@ class Comm:
         return time.perf_counter() - start
 
     def abort(self, code: int) -> None:
-        """End every rank of the job now; flushes this rank's output first."""
+        """End every rank of the job now; flushes this rank's output first and gives the launcher a
+        moment to pass it on (an abort kills the ranks, and what their pipes still held was lost)."""
         sys.stdout.flush()
         sys.stderr.flush()
         if self.size == 1:
             os._exit(code)
+        time.sleep(ABORT_GRACE)
         self.world.Abort(code)
 
 

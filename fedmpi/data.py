@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import h5py
@@ -22,8 +23,10 @@ MAX_CLASSES = 1_000_000  # far above any dataset; keeps a typo from building a m
 MAX_SIDE = 65_536        # largest image side (and channel count) accepted
 # Manifest fields that say how a federation was made, not what it holds (see Federation.fingerprint).
 PROVENANCE = ("command", "created", "source")
-MANIFEST_KEYS = ("format_version", "num_clients", "num_classes", "test", "clients", "sha256")
-KIND_KEYS = {"image": ("image_shape", "normalize"), "sequence": ("sequence_length", "vocabulary")}
+MANIFEST_KEYS = ("format_version", "num_clients", "num_classes", "test", "sha256")
+KIND_KEYS = {"image": ("image_shape", "normalize"), "sequence": ("sequence_length", "vocabulary"),
+             "features": ("feature_dim",)}
+CACHE_BYTES = 512 << 20  # packed files a rank keeps in memory (least recently used go first)
 
 
 def sha256_of(path: Path) -> str:
@@ -48,7 +51,10 @@ def _check_manifest(m: dict, path: Path) -> None:
         bad("'num_classes'", f"must be an integer from 1 to {MAX_CLASSES:,}, found {m['num_classes']!r}")
     if not isinstance(m["sha256"], dict):
         bad("'sha256'", "must map file names to checksums")
-    if m["kind"] == "sequence":
+    if m["kind"] == "features":
+        if not (is_int(m["feature_dim"], 1) and m["feature_dim"] <= 1 << 20):
+            bad("'feature_dim'", f"must be an integer from 1 to 2^20, found {m['feature_dim']!r}")
+    elif m["kind"] == "sequence":
         if not (is_int(m["sequence_length"], 1) and m["sequence_length"] <= MAX_SIDE):
             bad("'sequence_length'", f"must be an integer from 1 to {MAX_SIDE}, found {m['sequence_length']!r}")
         if not (isinstance(m["vocabulary"], str) and len(m["vocabulary"]) == m["num_classes"]):
@@ -78,9 +84,16 @@ def _check_images(m: dict, is_int, bad) -> None:
 
 def _check_entries(m: dict, is_int, bad) -> None:
     entries = [("'test'", m["test"])]
-    if not isinstance(m["clients"], list):
+    if ("clients" in m) == ("index" in m):
+        bad("'clients' or 'index'", "one of the two must list the clients")
+    if "index" in m:
+        index = m["index"]
+        if not (isinstance(index, dict) and isinstance(index.get("file"), str) and isinstance(index.get("files"), list)
+                and all(isinstance(f, str) for f in index["files"])):
+            bad("'index'", "must be an object with 'file' (clients.h5) and 'files' (the packed files, in order)")
+    elif not isinstance(m["clients"], list):
         bad("'clients'", "must be a list")
-    entries += [(f"client {i}", c) for i, c in enumerate(m["clients"])]
+    entries += [(f"client {i}", c) for i, c in enumerate(m.get("clients", []))]
     for what, entry in entries:
         if not isinstance(entry, dict):
             bad(what, "must be an object with keys 'file', 'n' (and 'id' for clients)")
@@ -137,17 +150,53 @@ class Federation:
             crop = (m["image_shape"][0], 24, 24) if m.get("augment") == "cifar" else None
             self.input_shape = crop or tuple(m["image_shape"])
             self._shape, self._dtypes = tuple(m["image_shape"]), (np.uint8, np.int64)
+        elif self.kind == "features":
+            self.input_shape = (m["feature_dim"],)
+            self._shape, self._dtypes = self.input_shape, (np.float32, np.int64)
         else:
             self.input_shape = (m["sequence_length"],)
             self._shape, self._dtypes = self.input_shape, (np.int16, np.int16)
-        self.clients = m["clients"]
-        if len(self.clients) != self.num_clients or [c["id"] for c in self.clients] != list(range(self.num_clients)):
-            raise FedMPIError(f"{manifest_path}: 'clients' must list ids 0..{self.num_clients - 1} in order")
-        for c in self.clients:
-            if c["n"] < 1:
-                raise FedMPIError(f"{manifest_path}: client {c['id']} ({c['file']}) has no examples")
-        self.sizes = np.array([c["n"] for c in self.clients], dtype=np.int64)
         self._verified: set[str] = set()
+        self._packed: OrderedDict[int, tuple] = OrderedDict()  # file number -> (x, y, offsets), least recent first
+        self.cache_bytes = CACHE_BYTES
+        if "index" in m:
+            self._read_index(manifest_path)
+        else:
+            self.clients = m["clients"]
+            if len(self.clients) != self.num_clients or \
+                    [c["id"] for c in self.clients] != list(range(self.num_clients)):
+                raise FedMPIError(f"{manifest_path}: 'clients' must list ids 0..{self.num_clients - 1} in order")
+            for c in self.clients:
+                if c["n"] < 1:
+                    raise FedMPIError(f"{manifest_path}: client {c['id']} ({c['file']}) has no examples")
+            self.sizes = np.array([c["n"] for c in self.clients], dtype=np.int64)
+
+    @property
+    def indexed(self) -> bool:
+        """Clients listed in clients.h5, each file packed: read a file at a time, when first needed."""
+        return "index" in self.manifest
+
+    def _read_index(self, manifest_path: Path) -> None:
+        """The clients' sizes and files from clients.h5 (vectorised checks: start-up does not grow with K),
+        and every packed file's existence (a stat each: a missing file is found before round 1)."""
+        index = self.manifest["index"]
+        with self._open(index["file"]) as f:
+            try:
+                self.sizes, self.file_of = f["n"][:].astype(np.int64), f["file"][:].astype(np.int64)
+            except (KeyError, OSError) as e:
+                raise FedMPIError(f"{self.folder / index['file']}: not a client index ({e})") from None
+        where = self.folder / index["file"]
+        files = index["files"]
+        if len(self.sizes) != self.num_clients or len(self.file_of) != self.num_clients:
+            raise FedMPIError(f"{where}: lists {len(self.sizes)} clients, the manifest {self.num_clients}")
+        if self.sizes.min() < 1:
+            raise FedMPIError(f"{where}: client {int(np.argmin(self.sizes))} has no examples")
+        if np.any(np.diff(self.file_of) < 0) or self.file_of[0] != 0 or self.file_of[-1] != len(files) - 1:
+            raise FedMPIError(f"{where}: 'file' must number the {len(files)} files in order")
+        self.first_of_file = np.searchsorted(self.file_of, np.arange(len(files)))
+        for name in files:
+            if not (self.folder / name).is_file():
+                raise FedMPIError(f"{self.folder / name}: file listed in the manifest is missing")
 
     def _open(self, file: str) -> h5py.File:
         """Open a file of the federation after checking its sha256 (once per file per process)."""
@@ -168,7 +217,8 @@ class Federation:
         except OSError as e:
             raise FedMPIError(f"{path}: cannot read as HDF5: {e}") from None
 
-    def _read(self, file: str, group: str, n: int, rows: slice = slice(None)):
+    def _read(self, file: str, group: str, n: int, rows: slice = slice(None), offsets: bool = False):
+        """(x, y) of a group, checked; with `offsets`, also the packed file's offsets."""
         where = f"{self.folder / file}:{group}"
         with self._open(file) as f:
             try:
@@ -183,6 +233,7 @@ class Federation:
                         raise FedMPIError(f"{where}/{name}: expected {np.dtype(dtype)} {list(shapes[name])}, "
                                           f"found {array.dtype} {list(array.shape)}")
                 x, y = x[rows], y[rows]
+                starts = f["offsets"][:] if offsets else None
             except (OSError, KeyError, RuntimeError) as e:  # damaged inside, though its checksum matches
                 raise FedMPIError(f"{where}: cannot read as HDF5: {e}") from None
         if self.kind == "sequence":
@@ -196,13 +247,43 @@ class Federation:
         if y.size and (y.min() < low or y.max() >= self.num_classes):
             raise FedMPIError(f"{where}/y: {what} must lie in {low}..{self.num_classes - 1}, "
                               f"found {y.min()}..{y.max()}")
-        return x, y
+        return (x, y, starts) if offsets else (x, y)
 
-    def load_client(self, k: int):
-        """Client k's examples: uint8 images [n, C, H, W] and int64 labels [n], or int16 token
-        sequences [n, T] and their int16 next-token targets [n, T] (-1: none)."""
+    def load_client(self, k: int, keep: bool = True):
+        """Client k's examples: uint8 images [n, C, H, W] and int64 labels [n], float32 features [n, D]
+        and int64 labels [n], or int16 token sequences [n, T] and their int16 next-token targets [n, T]
+        (-1: none). From an indexed federation, views into its packed file, read whole and cached
+        (`keep`: a worker's own clients), else its rows alone (a client trained away from home)."""
+        if self.indexed:
+            number = int(self.file_of[k])
+            first = self.first_of_file[number]
+            if keep or number in self._packed:
+                x, y, offsets = self._packed_file(number)
+                lo, hi = offsets[k - first:][:2]
+                return x[lo:hi], y[lo:hi]
+            count = np.count_nonzero(self.file_of == number)
+            lo = int(self.sizes[first:k].sum())
+            return self._read(self.manifest["index"]["files"][number], "/", int(self.sizes[first:first + count].sum()),
+                              slice(lo, lo + int(self.sizes[k])))
         c = self.clients[k]
         return self._read(c["file"], c.get("group", "/"), int(c["n"]))
+
+    def _packed_file(self, number: int):
+        """(x, y, offsets) of a packed file, checked against the index, kept while the cache has room."""
+        if number in self._packed:
+            self._packed.move_to_end(number)
+            return self._packed[number]
+        name = self.manifest["index"]["files"][number]
+        first = self.first_of_file[number]
+        sizes = self.sizes[first:first + np.count_nonzero(self.file_of == number)]
+        x, y, offsets = self._read(name, "/", int(sizes.sum()), offsets=True)
+        if not np.array_equal(np.diff(offsets), sizes) or offsets[0] != 0:
+            raise FedMPIError(f"{self.folder / name}: its 'offsets' disagree with the client sizes in the index")
+        self._packed[number] = (x, y, offsets)
+        while len(self._packed) > 1 and sum(a.nbytes + b.nbytes for a, b, _ in self._packed.values()) > \
+                self.cache_bytes:
+            self._packed.popitem(last=False)
+        return self._packed[number]
 
     def load_test(self, part: int = 0, parts: int = 1, chunk: int = 1):
         """The test set, or the part-th of `parts` contiguous slices whose bounds are multiples of `chunk`."""

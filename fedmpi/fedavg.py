@@ -19,31 +19,34 @@ def plan_round(seed: int, round_: int, num_clients: int, clients_per_round: int)
     return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
 
 
-def home_worker(client: int, num_workers: int) -> int:
-    """The worker that reads client k's shard at start: k mod W."""
-    return client % num_workers
+def home_worker(client: int, num_workers: int, num_clients: int) -> int:
+    """The worker that hosts client k: floor(k·W / K), so that a worker's clients are neighbours,
+    stored in the same files (a worker of an indexed federation then reads few of them)."""
+    return client * num_workers // num_clients
 
 
-def assign_to_workers(sampled: np.ndarray, num_workers: int) -> np.ndarray:
-    """Which worker trains each sampled client: its home worker unless that would overload it.
+def assign_to_workers(sampled: np.ndarray, sizes: np.ndarray, num_workers: int, num_clients: int) -> np.ndarray:
+    """Which worker trains each sampled client (of `sizes` examples): balanced by examples, mostly at home.
 
-    Every worker gets at most ceil(m / W) clients, so a round waits for no
-    straggler that static placement would create (with k mod W alone, 10
-    clients on 2 workers split 7/3 as often as 5/5). Clients that must move
-    go, in order, to the least-loaded worker; the result depends only on the
-    sampled ids and W, never on timing.
+    A client's cost is its examples, so each worker's share is Σ n_k / W. A
+    client stays home while its home's examples stay within that share (or
+    the home has none yet); the others go, largest first, to the worker with
+    the fewest examples. With equal sizes no worker gets more than ceil(m/W)
+    clients (static placement split 10 clients over 2 workers 7/3 as often
+    as 5/5). The result depends only on the sampled ids, their sizes and W,
+    never on timing, and results do not depend on it.
     """
-    cap = -(-len(sampled) // num_workers)
+    share = sizes.sum() / num_workers
     load = np.zeros(num_workers, dtype=np.int64)
     owner = np.full(len(sampled), -1, dtype=np.int64)
     for i, k in enumerate(sampled):
-        home = home_worker(int(k), num_workers)
-        if load[home] < cap:
+        home = home_worker(int(k), num_workers, num_clients)
+        if load[home] == 0 or load[home] + sizes[i] <= share:
             owner[i] = home
-            load[home] += 1
-    for i in np.flatnonzero(owner < 0):
+            load[home] += sizes[i]
+    for i in sorted(np.flatnonzero(owner < 0), key=lambda i: -sizes[i]):
         owner[i] = int(np.argmin(load))
-        load[owner[i]] += 1
+        load[owner[i]] += sizes[i]
     return owner
 
 

@@ -10,11 +10,11 @@ from test_fedavg_reference import FLOAT64, TOL, seq_fedavg
 POISON_CLIENT_3_IN_ROUND_1 = """
 import sys
 import fedmpi.worker
-add = fedmpi.worker.Worker._add  # called with each trained client's weights
-def poisoned(self, round_, k, slot, trained, *args):
+add = fedmpi.worker.Worker._add  # called with each trained client's update Δ_k
+def poisoned(self, round_, k, slot, delta, *args):
     if (round_, k) == (1, 3):
-        trained[7] = float("nan")
-    return add(self, round_, k, slot, trained, *args)
+        delta[7] = float("nan")
+    return add(self, round_, k, slot, delta, *args)
 fedmpi.worker.Worker._add = poisoned
 from fedmpi.cli import main
 sys.exit(main())

@@ -129,3 +129,23 @@ def test_a_model_vmap_cannot_stack_is_trained_one_at_a_time_and_says_why(fed):
     first, _ = train(engine, clients, [1], 1, 50)
     again, _ = train(engine, clients, [1], 1, 50)
     assert torch.equal(first, again)  # dropout draws from (seed, round, client) alone
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_clients_of_unequal_sizes_stacked_equal_each_alone_bitwise(fed, precision):
+    """Stacked MLP clients are padded to B rows per batch and masked, alone or not: a client's numbers
+    do not depend on the sizes of the clients beside it (what keeps unequal federations independent of
+    the rank count), and they equal the unpadded one-at-a-time path up to rounding."""
+    dtype = DTYPES[precision]
+    engine, clients = make_engine(fed, "2nn", 0, dtype)
+    alone, _ = make_engine(fed, "2nn", 1, dtype)
+    clients = [(x[:n], y[:n]) for (x, y), n in zip(clients, (37, 50, 13, 101))]
+    assert engine.stacks([37, 50, 13, 101], 10) == [[2, 0, 1, 3]]  # one stack, smallest first
+    together, losses = train(engine, clients, [0, 1, 2, 3], 2, 10)
+    for k in range(4):
+        single, loss = train(engine, clients, [k], 2, 10)
+        assert torch.equal(together[k], single[0]) and losses[k] == loss[0], f"client {k}"
+        reference, _ = train(alone, clients, [k], 2, 10)
+        tol = 1e-5 if precision == "float32" else 1e-12
+        assert torch.allclose(together[k], reference[0], rtol=0, atol=tol), f"client {k}"
+        assert (together[k] - engine.flat.weights).abs().max() > 1e-3

@@ -101,7 +101,7 @@ def with_small_test_set(fed_dir, tmp_path, n=1000):
 def test_mpi_run_matches_sequential_fedavg(case, federation, tmp_path):
     fed_args, model, c, e, b, lr = CASES[case]
     fed = federation(**fed_args)
-    rounds = 2 if model == "cnn" else 3  # float64 convolutions are slow
+    rounds = 1 if model == "cnn" else 3  # float64 convolutions are slow; the 2NN cases cover later rounds
     if model == "cnn":
         fed = with_small_test_set(fed, tmp_path)
     train(3, fed, tmp_path / "run", "--model", model, "--fraction", str(c), "--epochs", str(e),

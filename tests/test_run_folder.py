@@ -23,7 +23,7 @@ from fedmpi.metrics import read_metrics
 from helpers import MPIEXEC, PYTHON, final_weights, launch, train
 
 FLAGS = ["--rounds", "1", "--batch-size", "0", "--threads", "1", "--seed", "4"]  # one quick round
-TRIES = 10
+TRIES = 4
 
 
 def comparable(run):

@@ -173,20 +173,29 @@ def test_a_failed_run_does_not_stop_the_others(swept, federation, tmp_path):
     assert {name: state for name, state, _ in listing(sweep_file)} == {"missing": "new", "fed": "complete"}
 
 
-def test_usr1_to_the_sweep_checkpoints_the_running_job_and_the_same_command_goes_on(swept, federation, tmp_path):
-    """SLURM's pre-timeout signal reaches the sweep: its job checkpoints, the sweep exits 75 without
-    starting the next run, and rerunning the command ends both runs where direct runs end."""
+def sweep_in_training(federation, tmp_path):
+    """A 2-run sweep of 40 rounds each (long enough to be interrupted) started as a process, once its
+    first job has written rounds 0..2: (sweep file, out folder, the runs' fields, the process)."""
     out = tmp_path / "out"
-    slow = {**BASE, "rounds": 40}  # long enough to be signalled mid-run
+    slow = {**BASE, "rounds": 40}
     sweep_file = write_sweep(tmp_path / "s.toml", out, {**slow, "data": str(federation())}, grid={"lr": LRS},
                              ranks=2)
     proc = subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(read_metrics(out / "lr0.05")) < 3:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the first run did not start")
+        time.sleep(0.2)
+    return sweep_file, out, slow, proc
+
+
+def test_usr1_to_the_sweep_checkpoints_the_running_job_and_the_same_command_goes_on(swept, federation, tmp_path):
+    """SLURM's pre-timeout signal reaches the sweep: its job checkpoints, the sweep exits 75 without
+    starting the next run, and rerunning the command ends both runs where direct runs end."""
+    sweep_file, out, slow, proc = sweep_in_training(federation, tmp_path)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while len(read_metrics(out / "lr0.05")) < 3:  # rounds 0..2 written: the job is training
-            assert time.monotonic() < deadline and proc.poll() is None, "the first run did not start"
-            time.sleep(0.2)
         proc.send_signal(signal.SIGUSR1)
         output, _ = proc.communicate(timeout=TIMEOUT_S)
     finally:
@@ -246,17 +255,8 @@ def test_bad_sweep_file_is_one_error_line_and_exit_2(text, expected, tmp_path):
 def test_one_sweep_runner_per_folder_and_its_job_ends_with_it(swept, federation, tmp_path):
     """A second runner of the same sweep is refused while the first runs; SIGKILL of the runner ends its
     job too (SIGTERM: it checkpoints), so rerunning the sweep never puts two jobs on one run folder."""
-    out = tmp_path / "out"
-    slow = {**BASE, "rounds": 40}
-    sweep_file = write_sweep(tmp_path / "s.toml", out, {**slow, "data": str(federation())}, grid={"lr": LRS},
-                             ranks=2)
-    proc = subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sweep_file, out, slow, proc = sweep_in_training(federation, tmp_path)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while len(read_metrics(out / "lr0.05")) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, "the first run did not start"
-            time.sleep(0.2)
         second = sweep(sweep_file, timeout=60)
         assert second.returncode == 2 and "in use by another job" in second.stderr, second.stderr
         assert [line for line in second.stderr.splitlines() if ERROR_LINE.match(line)] == \

@@ -22,14 +22,6 @@ import numpy as np
 NOISE = 2  # SeedSequence prefix: sampling is 0, client shuffling 1 (fedavg.py)
 
 
-def clip(delta: np.ndarray, bound: float) -> np.ndarray:
-    """delta scaled to L2 norm at most `bound`, in place."""
-    norm = float(np.sqrt(np.dot(delta, delta)))
-    if norm > bound:
-        delta *= bound / norm
-    return delta
-
-
 def noise(seed: int, round_: int, std: float, size: int) -> np.ndarray:
     """The Gaussian noise of round t, float64, from SeedSequence([2, seed, t]) alone."""
     return np.random.default_rng(np.random.SeedSequence([NOISE, seed, round_])).normal(0.0, std, size)

@@ -38,20 +38,23 @@ EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
 
 
 def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor,
-              draws: torch.Tensor | None, batch: int, lr: float, prepare,
+              mask: torch.Tensor | None, draws: torch.Tensor | None, batch: int, lr: float, prepare,
               correction: tuple[float, torch.Tensor | None, int] | None = None) -> torch.Tensor:
     """E epochs of minibatch SGD for each of the G clients whose weights are the rows of `rows` (in place).
 
-    x, y: the clients' examples (G, n, ...); orders (G, E, n): each client's order of its examples in
-    each epoch; draws (G, E, n, k): the random numbers of each example's augmentation in each epoch,
-    or None; batch 0 is the whole local set (B = ∞). `correction` (μ, offset (G, P) or None, P) makes
-    each step w ← w − η (∇f(w) + μ (w − w_start) + offset) on the first P values (the parameters),
-    both terms taken at the step's start (FedProx, SCAFFOLD; fedmpi.algorithms). Returns each
+    x, y: the clients' examples (G, n, ...); orders (G, E, s): each client's order of its examples in
+    each epoch; mask (G, E, s): which positions of the orders hold an example (clients of unequal
+    sizes stacked: a client's batches are padded to B rows, and its steps run out before the longest
+    client's), or None when all do; draws (G, E, n, k): the random numbers of each example's
+    augmentation in each epoch, or None; batch 0 is the whole local set (B = ∞). `correction`
+    (μ, offset (G, P) or None, P) makes each step w ← w − η (∇f(w) + μ (w − w_start) + offset) on the
+    first P values (the parameters), both terms taken at the step's start (FedProx, SCAFFOLD;
+    fedmpi.algorithms); a client whose steps have run out does not move. Returns each
     client's summed batch losses (G,) on the device. Capturable in a CUDA graph: no host
     synchronisation, every shape fixed by the inputs.
     """
-    g, epochs, n = orders.shape
-    b = n if batch == 0 else batch
+    g, epochs, span = orders.shape
+    b = span if batch == 0 else batch
     clients = torch.arange(g, device=orders.device).unsqueeze(1)
     total = torch.zeros(g, dtype=rows.dtype, device=rows.device)
     if correction:
@@ -60,14 +63,17 @@ def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders
         anchor = params.clone() if mu else None
     step.begin(rows, lr)
     for e in range(epochs):
-        for i in range(0, n, b):
+        for i in range(0, span, b):
+            rows_mask = None if mask is None else mask[:, e, i:i + b]
             if correction:
                 d = torch.zeros_like(params) if offset is None else offset.clone()
                 if mu:
                     d.add_(params - anchor, alpha=mu)
+                if rows_mask is not None:  # a client whose steps have run out does not move
+                    d.mul_(rows_mask.any(1, keepdim=True))
             idx = orders[:, e, i:i + b]
             batch_draws = None if draws is None else draws[clients, e, idx]
-            total += step(prepare(x[clients, idx], batch_draws), y[clients, idx])
+            total += step(prepare(x[clients, idx], batch_draws), y[clients, idx], rows_mask)
             if correction:
                 with torch.no_grad():
                     params.sub_(d, alpha=lr)
@@ -85,6 +91,8 @@ class Engine:
         self.flat = flat
         self.prepare = prepare
         self._check(*example)
+        # Stacks of unequal sizes need masked steps, which BatchNorm's batch statistics would not respect.
+        self.masked = not flat.buffer_names
         device = flat.weights.device.type
         self.limit = stack_clients or DEFAULT_STACK.get(device, 16)
         self.why_alone = None
@@ -117,8 +125,8 @@ class Engine:
             raise FedMPIError(f"config field 'model': the model cannot take this federation's examples "
                               f"({tuple(x.shape[1:])}, {x.dtype} as stored): {why}"[:400])
 
-    def _local_sgd(self, rows, x, y, orders, draws, batch, lr, correction=None):
-        return local_sgd(self.step, rows, x, y, orders, draws, batch, lr, self.prepare, correction)
+    def _local_sgd(self, rows, x, y, orders, mask, draws, batch, lr, correction=None):
+        return local_sgd(self.step, rows, x, y, orders, mask, draws, batch, lr, self.prepare, correction)
 
     def _probe(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
         """None if the stacked step runs on two clients of these examples, else why not (one line)."""
@@ -127,7 +135,7 @@ class Engine:
         draws = self.prepare.draw(torch.Generator().manual_seed(0), 1, len(y[0]))
         draws = None if draws is None else draws.to(y.device).expand(2, *draws.shape)
         try:
-            self._local_sgd(self.flat.weights.repeat(2, 1), x, y, orders, draws, 0, 0.0)
+            self._local_sgd(self.flat.weights.repeat(2, 1), x, y, orders, None, draws, 0, 0.0)
         except Exception as e:  # noqa: BLE001 (any failure means: do not stack this model)
             return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
         return None
@@ -140,8 +148,12 @@ class Engine:
             how += f" (this model cannot be stacked: {self.why_alone})"
         return how
 
-    def stacks(self, sizes: list[int]) -> list[list[int]]:
-        """The positions of clients with these sizes, grouped into stacks of equal size, in order."""
+    def stacks(self, sizes: list[int], batch: int) -> list[list[int]]:
+        """The positions of clients with these sizes grouped into stacks of at most `limit`: of any sizes,
+        smallest first (masked steps), or, for B = ∞ or models with buffers, of equal sizes."""
+        if self.limit > 1 and self.masked and batch:
+            order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+            return [order[i:i + self.limit] for i in range(0, len(order), self.limit)]
         by_size: dict[int, list[int]] = {}
         for i, n in enumerate(sizes):
             by_size.setdefault(n, []).append(i)
@@ -150,41 +162,50 @@ class Engine:
     def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
               generators: list[torch.Generator], epochs: int, batch: int, lr: float,
               correction: tuple[float, list[torch.Tensor] | None] | None = None):
-        """E epochs of minibatch SGD from `start` for each client of one stack (equal sizes).
+        """E epochs of minibatch SGD from `start` for each client of one stack (see `stacks`).
 
-        `correction`: (μ, each client's gradient offset or None), see local_sgd.
+        `correction`: (μ, each client's gradient offset or None), see local_sgd. A stacked step of a
+        model without buffers always pads a client's batches to B rows (masked), alone or not, so a
+        client computes alike in any stack: results do not depend on the rank count.
 
         Returns their weights as the rows of a (G, dim) tensor and each one's mean batch loss.
         Client k's example order in each epoch is a torch.randperm from its own generator; a
         model trained one client at a time draws its own random numbers (dropout) from torch's
         global generator, seeded from that generator next.
         """
-        g, n = len(data), len(data[0][1])
-        device = start.device
-        orders = torch.stack([torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
-                              for gen in generators]).to(device)
-        draws = [self.prepare.draw(gen, epochs, n) for gen in generators]  # after the orders: they stay as they were
-        draws = None if draws[0] is None else torch.stack(draws).to(device)
+        g, sizes = len(data), [len(y) for _, y in data]
+        n, device = max(sizes), start.device
+        padded = batch > 0 and self.masked and not isinstance(self.step, LoopStep)
+        span = -(-n // batch) * batch if padded else n
+        orders = torch.zeros(g, epochs, span, dtype=torch.int64)
+        mask = torch.zeros(g, epochs, span, dtype=torch.bool) if padded else None
+        for row, (gen, size) in enumerate(zip(generators, sizes)):
+            for e in range(epochs):
+                orders[row, e, :size] = torch.randperm(size, generator=gen)
+            if padded:
+                mask[row, :, :size] = True
+        orders, mask = orders.to(device), None if mask is None else mask.to(device)
+        draws = [self.prepare.draw(gen, epochs, size) for gen, size in zip(generators, sizes)]  # after the orders
+        draws = None if draws[0] is None else torch.stack([_pad(d, n, 1) for d in draws]).to(device)
         if isinstance(self.step, LoopStep):  # dropout & co. draw from (seed, round, client) alone
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generators[0])))
-        x = torch.stack([x for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
-        y = torch.stack([y for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
+        x = torch.stack([_pad(x, n) for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
+        y = torch.stack([_pad(y, n) for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
         rows = start.repeat(g, 1)
         if correction:
             mu, offsets = correction
             correction = (mu, None if offsets is None else torch.stack(offsets), self.flat.num_params)
         if self.graphed:
             try:
-                total = self.graphed(rows, x, y, orders, draws, batch, lr, correction)
+                total = self.graphed(rows, x, y, orders, mask, draws, batch, lr, correction)
             except RuntimeError as e:  # a capture that fails: eager from now on, said once
                 print(f"fedmpi: warning: CUDA graph capture failed ({str(e).splitlines()[0]}); "
                       "training stacks without graphs", flush=True)
                 self.graphed = None
                 rows = start.repeat(g, 1)
         if not self.graphed:
-            total = self._local_sgd(rows, x, y, orders, draws, batch, lr, correction)
-        steps = epochs * -(-n // (batch or n))
-        return rows, [float(t) / steps for t in total.cpu()]
+            total = self._local_sgd(rows, x, y, orders, mask, draws, batch, lr, correction)
+        return rows, [float(t) / (epochs * -(-size // (batch or size))) for t, size in zip(total.cpu(), sizes)]
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float], int]:
@@ -203,6 +224,15 @@ class Engine:
             right.append(float(correct(logits, y[i:i + EVAL_CHUNK])))
         model.train()
         return right, loss, count(y)
+
+
+def _pad(t: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """t with zeros appended along `dim` up to length n (a stacked client's examples; masked)."""
+    if t.shape[dim] == n:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim)
 
 
 __all__ = ["Engine", "FlatModel", "local_sgd"]

@@ -78,6 +78,19 @@ class CifarAugment:
         return x.view(*lead, 3, c, c)
 
 
+class Features:
+    """float32 feature vectors (..., D) → the model's dtype."""
+
+    def __init__(self, dtype=torch.float32):
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        return x.to(self.dtype)
+
+    def draw(self, generator: torch.Generator, epochs: int, n: int) -> None:
+        return None
+
+
 class Tokens:
     """int16 token ids (..., T) → int64 indices for an embedding."""
 
@@ -92,6 +105,8 @@ def inputs_for(fed, device, dtype):
     """The input pipeline of a federation (data.Federation)."""
     if fed.kind == "sequence":
         return Tokens()
+    if fed.kind == "features":
+        return Features(dtype)
     if fed.manifest.get("augment") == "cifar":
         return CifarAugment(device, dtype)
     norm = fed.manifest["normalize"]

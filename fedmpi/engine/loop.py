@@ -29,7 +29,7 @@ class LoopStep:
         self.fused.lr = lr
         self.lr = lr
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: None = None) -> torch.Tensor:
         loss = token_cross_entropy(self.flat.model(x[0]), y[0])
         loss.backward()
         with torch.no_grad():

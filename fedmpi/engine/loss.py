@@ -17,6 +17,14 @@ def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = 
                            ignore_index=NO_TARGET)
 
 
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy of the examples whose `mask` is set (a batch padded to B rows); 0 for none."""
+    per_target = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1).long(), reduction="none",
+                                 ignore_index=NO_TARGET).view(y.shape)
+    valid = (y != NO_TARGET) & mask.view(-1, *(1,) * (y.dim() - 1))
+    return (per_target * valid).sum() / valid.sum().clamp(min=1)
+
+
 def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """How many targets (images or tokens) the logits' argmax gets right."""
     return (logits.argmax(-1) == y).sum()

@@ -49,12 +49,14 @@ class FusedMLPStep:
             for p in self.params[name]:
                 p.requires_grad_()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         g, b = y.shape
         h = x.reshape(g, b, -1)
         for name in self.layers:
             h = linear_sgd(h, *self.params[name], self.lr) if name else torch.relu(h)
-        loss = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(g, -1).mean(1)
+        loss = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(g, -1)
+        # mean over each client's rows that hold an example (a padded batch); 0 where none do
+        loss = loss.mean(1) if mask is None else (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
         loss.sum().backward()  # the layers step themselves
         return loss.detach()
 

@@ -20,7 +20,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedmpi.engine.flat import FlatModel
-from fedmpi.engine.loss import token_cross_entropy
+from fedmpi.engine.loss import masked_cross_entropy, token_cross_entropy
 
 
 class VmapStep:
@@ -31,7 +31,11 @@ class VmapStep:
 
         def loss_of(params, buffers, x, y):
             return token_cross_entropy(functional_call(flat.model, (params, buffers), (x,)), y)
+
+        def masked_loss_of(params, buffers, x, y, mask):
+            return masked_cross_entropy(functional_call(flat.model, (params, buffers), (x,)), y, mask)
         self.grad = vmap(grad_and_value(loss_of), randomness="error")
+        self.masked_grad = vmap(grad_and_value(masked_loss_of), randomness="error")
 
     def begin(self, rows: torch.Tensor, lr: float) -> None:
         self.params, self.views = self.flat.stacked(rows)
@@ -39,8 +43,11 @@ class VmapStep:
         self.buffers = {name: b.contiguous() for name, b in self.views.items()}
         self.lr = lr
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grads, losses = self.grad(self.params, self.buffers, x, y)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            grads, losses = self.grad(self.params, self.buffers, x, y)
+        else:
+            grads, losses = self.masked_grad(self.params, self.buffers, x, y, mask)
         with torch.no_grad():
             torch._foreach_add_(list(self.params.values()), [grads[n] for n in self.params], alpha=-self.lr)
         return losses
@@ -52,8 +59,8 @@ class VmapStep:
 
 
 class GraphedTraining:
-    """Runs `train(rows, x, y, orders, draws, batch, lr, correction)` from a CUDA graph captured once per
-    shape of its inputs.
+    """Runs `train(rows, x, y, orders, mask, draws, batch, lr, correction)` from a CUDA graph captured once
+    per shape of its inputs.
 
     The inputs are copied into the graph's static tensors before each replay and the trained
     rows copied out after it; a capture that fails turns graphs off for good (eager from then on).
@@ -63,9 +70,9 @@ class GraphedTraining:
         self.train = train
         self.graphs: dict[tuple, tuple] = {}  # each with its own memory pool: they replay in any order
 
-    def __call__(self, rows, x, y, orders, draws, batch, lr, correction=None):
+    def __call__(self, rows, x, y, orders, mask, draws, batch, lr, correction=None):
         mu, offset, p = correction or (0.0, None, 0)
-        inputs = (rows, x, y, orders, draws, offset)
+        inputs = (rows, x, y, orders, mask, draws, offset)
         key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr, mu, p, correction is None)
         if key not in self.graphs:
             self.graphs[key] = self._capture(inputs, batch, lr, correction)
@@ -79,15 +86,16 @@ class GraphedTraining:
 
     def _capture(self, inputs, batch, lr, correction):
         static = [None if t is None else t.clone() for t in inputs]
-        rows, x, y, orders, draws, offset = static
+        rows, x, y, orders, mask, draws, offset = static
         correction = correction and (correction[0], offset, correction[2])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up, as CUDA graphs ask: one step, on the static copies
             b = orders.shape[2] if batch == 0 else min(batch, orders.shape[2])
-            self.train(rows, x, y, orders[:, :1, :b], None if draws is None else draws[:, :1], 0, lr, correction)
+            self.train(rows, x, y, orders[:, :1, :b], None if mask is None else mask[:, :1, :b],
+                       None if draws is None else draws[:, :1], 0, lr, correction)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            losses = self.train(rows, x, y, orders, draws, batch, lr, correction)
+            losses = self.train(rows, x, y, orders, mask, draws, batch, lr, correction)
         return graph, static, losses

@@ -20,6 +20,7 @@ from fedmpi.errors import FedMPIError
 BUILTIN = {
     "2nn": ("fedmpi.models.mnist:two_nn", "the paper's MLP, 2 hidden layers of 200 (199,210 params on MNIST)"),
     "cnn": ("fedmpi.models.mnist:cnn", "the paper's CNN, 2 conv 5x5 + FC 512 (1,663,370 params on MNIST)"),
+    "mlp": ("fedmpi.models.mnist:mlp", "one hidden layer of 200 (e.g. for --dataset synthetic)"),
     "lstm": ("fedmpi.models.shakespeare:lstm", "the paper's character LSTM, 2 layers of 256 (Shakespeare)"),
     "cifar_cnn": ("fedmpi.models.cifar:cnn", "the paper's CIFAR-10 CNN (1,068,298 params on 24x24 crops)"),
 }

@@ -1,4 +1,5 @@
-"""The paper's MNIST models (McMahan et al. 2017, section 3), for any image shape and class count.
+"""The paper's MNIST models (McMahan et al. 2017, section 3), for any image shape and class count,
+and a one-hidden-layer MLP.
 
 Parameter counts for MNIST (1x28x28, 10 classes) match the paper: 2NN
 199,210 and CNN 1,663,370 ('same' padding).
@@ -14,6 +15,12 @@ def two_nn(image_shape, num_classes: int) -> nn.Module:
     """MLP with two hidden layers of 200 units and ReLU (the paper's 2NN)."""
     d = math.prod(image_shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(d, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                         nn.Linear(200, num_classes))
+
+
+def mlp(input_shape, num_classes: int) -> nn.Module:
+    """One hidden layer of 200 units and ReLU: a small model for many small clients (synthetic data)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 200), nn.ReLU(),
                          nn.Linear(200, num_classes))
 
 

@@ -1,0 +1,164 @@
+"""Many small clients: Synthetic(α, β) federations, client indexes, lazy reading, the same results for any
+rank count, and the mistakes of large federations as one line.
+
+The generator is checked against the recipe of Li et al. (MLSys 2020) written again here with numpy:
+per client k, from SeedSequence([seed, k]): u ~ N(0, α), B ~ N(0, β), W ~ N(u, 1) (60x10), b ~ N(u, 1),
+v ~ N(B, 1), x ~ N(v, diag(j^-1.2)), y = argmax(xW + b).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from fedmpi.data import Federation
+from fedmpi.metrics import read_metrics
+from helpers import final_weights, launch, train
+
+FLAGS = ("--model", "mlp", "--fraction", "0.1", "--epochs", "2", "--batch-size", "10", "--lr", "0.05",
+         "--rounds", "3", "--seed", "3", "--threads", "1", "--eval-every", "3")
+
+
+def li_et_al(seed: int, k: int, n: int, alpha: float, beta: float):
+    rng = np.random.default_rng(np.random.SeedSequence([seed, k]))
+    u, b_mean = rng.normal(0, alpha), rng.normal(0, beta)
+    w, b = rng.normal(u, 1, (60, 10)), rng.normal(u, 1, 10)
+    v = rng.normal(b_mean, 1, 60)
+    x = v + rng.standard_normal((n, 60)) * np.sqrt(np.arange(1, 61) ** -1.2)
+    return x.astype(np.float32), np.argmax(x @ w + b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic(run_data_prep, tmp_path_factory):
+    """2,000 clients, 200 per file, listed in clients.h5 (as from 10^4 clients on), and the same as JSON."""
+    d = tmp_path_factory.mktemp("synthetic")
+    for manifest in ("index", "json"):
+        done = run_data_prep("--dataset", "synthetic", "--model-skew", "1", "--feature-skew", "1", "--clients",
+                             "2000", "--clients-per-file", "200", "--seed", "4", "--manifest", manifest,
+                             "--out", d / manifest)
+        assert done.returncode == 0, done.stderr
+    return d
+
+
+def test_clients_follow_li_et_al_and_the_power_law(synthetic):
+    fed = Federation(synthetic / "index")
+    assert fed.indexed and fed.kind == "features" and fed.input_shape == (60,) and fed.num_clients == 2000
+    for k in (0, 7, 1999):
+        x, y = fed.load_client(k)
+        rx, ry = li_et_al(4, k, len(y), 1.0, 1.0)
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    sizes = fed.sizes
+    assert sizes.min() >= 10 and sizes.max() <= 1000 and abs(np.median(sizes) - (10 + np.e)) <= 1
+    assert (sizes > 100).sum() > 20  # the heavy tail of lognormal(1, 2)
+
+
+def test_feature_skew_spreads_the_clients_features(run_data_prep, tmp_path):
+    """β is the spread of the clients' feature means (v_k ~ N(B_k, 1), B_k ~ N(0, β)); α that of their
+    models, checked above through the recipe."""
+    spread = {}
+    for skew in ("0", "2"):
+        done = run_data_prep("--dataset", "synthetic", "--model-skew", "1", "--feature-skew", skew,
+                             "--clients", "200", "--min-size", "100", "--max-size", "100", "--out", tmp_path / skew)
+        assert done.returncode == 0, done.stderr
+        fed = Federation(tmp_path / skew)
+        spread[skew] = float(np.std([fed.load_client(k)[0].mean() for k in range(200)]))
+    assert spread["0"] < 0.3 and 1.5 < spread["2"] < 2.5, spread  # 1/sqrt(60)·1 = 0.13 and ~2
+
+
+def test_the_index_and_the_json_manifest_hold_the_same_clients(synthetic):
+    indexed, listed = Federation(synthetic / "index"), Federation(synthetic / "json")
+    assert not listed.indexed and np.array_equal(indexed.sizes, listed.sizes)
+    for k in (3, 999, 1998):
+        for a, b in zip(indexed.load_client(k), listed.load_client(k)):
+            np.testing.assert_array_equal(a, b)
+    assert indexed.load_client(5, keep=False)[0].tobytes() == indexed.load_client(5)[0].tobytes()
+
+
+def test_results_do_not_depend_on_the_rank_count(synthetic, tmp_path):
+    """Clients of unequal sizes stacked (masked), read lazily, dealt by examples: still bitwise alike."""
+    fed = synthetic / "index"
+    runs = {ranks: tmp_path / f"p{ranks}" for ranks in (0, 2, 3)}
+    for ranks, out in runs.items():
+        train(ranks, fed, out, *FLAGS)
+    for ranks in (2, 3):
+        np.testing.assert_array_equal(final_weights(runs[ranks]), final_weights(runs[0]))
+    assert [r["train_loss"] for r in read_metrics(runs[3])[1:]] == [r["train_loss"] for r in read_metrics(runs[0])[1:]]
+
+
+def one_line(r, *parts):
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr
+    for part in parts:
+        assert part in errors[0], r.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--model-skew", "-1", "--feature-skew", "1"], "--model-skew -1.0: must be a finite number >= 0"),
+    (["--model-skew", "1", "--feature-skew", "nan"], "--feature-skew nan"),
+    (["--model-skew", "1"], "needs both"),
+])
+def test_bad_skews_are_one_line(flags, expected, run_data_prep, tmp_path):
+    done = run_data_prep("--dataset", "synthetic", "--clients", "10", *flags, "--out", tmp_path / "fed")
+    one_line(done, expected)
+    assert not (tmp_path / "fed").exists()
+
+
+def test_a_federation_too_large_for_the_disk_is_refused_before_writing(run_data_prep, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        started = time.monotonic()
+        done = run_data_prep("--dataset", "synthetic", "--model-skew", "1", "--feature-skew", "1",
+                             "--clients", "100000", "--out", disk / "fed")
+        one_line(done, "needs about", "GiB free")
+        assert time.monotonic() - started < 20 and list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def copy(synthetic, tmp_path):
+    fed = tmp_path / "fed"
+    shutil.copytree(synthetic / "index", fed)
+    return fed
+
+
+def test_a_missing_file_is_found_before_round_1(synthetic, tmp_path):
+    fed = copy(synthetic, tmp_path)
+    (fed / "clients-01800-01999.h5").unlink()
+    r = launch(3, ["--data", str(fed), "--out", str(tmp_path / "run"), *FLAGS], timeout=60)
+    one_line(r, "clients-01800-01999.h5", "missing")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_damaged_after_setup_ends_the_job_at_its_first_read_and_the_checkpoint_stays_usable(synthetic,
+                                                                                                     tmp_path):
+    """The files are checked (sha256) when a rank first reads one, not at setup: damage is found then,
+    in whatever round, and ends the job within seconds with one line naming the file."""
+    fed = copy(synthetic, tmp_path)
+    manifest = json.loads((fed / "manifest.json").read_text())
+    sampled = np.sort(np.random.default_rng(np.random.SeedSequence([0, 3, 3])).choice(2000, 200, replace=False))
+    target = next(f for i, f in enumerate(manifest["index"]["files"]) if any(200 * i <= k < 200 * (i + 1)
+                  for k in sampled))  # a file read in round 3 (maybe earlier too; then the job ends there)
+    data = bytearray((fed / target).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (fed / target).write_bytes(bytes(data))
+    out = tmp_path / "run"
+    r = launch(3, ["--data", str(fed), "--out", str(out), *FLAGS, "--checkpoint-every", "1"], timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert any(target in line and "sha256 mismatch" in line for line in r.stderr.splitlines()), r.stderr
+    shutil.copy(synthetic / "index" / target, fed / target)  # the file restored: the run resumes to the end
+    if (out / "checkpoint.h5").exists():
+        train(2, fed, out, *FLAGS, "--checkpoint-every", "1", "--resume")
+        train(0, synthetic / "index", tmp_path / "whole", *FLAGS)
+        np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "whole"))
+    assert hashlib.sha256((fed / target).read_bytes()).hexdigest() == manifest["sha256"][target]
