@@ -51,9 +51,9 @@ class Worker:
         self.clients, self.test = shards
         self.algorithm = algorithm
         prepare = inputs_for(fed, flat.weights.device, flat.weights.dtype)
-        home = [k for k in range(fed.num_clients) if home_worker(k, num_workers, fed.num_clients) == worker_index]
+        home = np.flatnonzero(home_worker(np.arange(fed.num_clients), num_workers, fed.num_clients) == worker_index)
         self.keep_files = False  # an indexed federation's files: see data()
-        example = self.data(home[0])
+        example = self.data(int(home[0]))
         per_example = sum(t[:1].numel() * t.element_size() for t in example)
         self.keep_files = int(fed.sizes[home].sum()) * per_example <= fed.cache_bytes
         self.engine = Engine(flat, prepare, cfg.stack_clients, example, corrected=algorithm.corrects_gradients)
