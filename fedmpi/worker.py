@@ -52,10 +52,10 @@ class Worker:
         self.algorithm = algorithm
         prepare = inputs_for(fed, flat.weights.device, flat.weights.dtype)
         home = np.flatnonzero(home_worker(np.arange(fed.num_clients), num_workers, fed.num_clients) == worker_index)
-        self.keep_files = False  # an indexed federation's files: see data()
-        example = self.data(int(home[0]))
+        first = int(home[0])
+        example = self.clients.get(first) or on_device(fed.load_client(first, keep=False), flat.weights.device)
         per_example = sum(t[:1].numel() * t.element_size() for t in example)
-        self.keep_files = int(fed.sizes[home].sum()) * per_example <= fed.cache_bytes
+        self.keep_files = int(fed.sizes[home].sum()) * per_example <= fed.cache_bytes  # an indexed one's: data()
         self.engine = Engine(flat, prepare, cfg.stack_clients, example, corrected=algorithm.corrects_gradients)
         self.start = torch.empty_like(flat.weights)
         # a float64 copy made once per round, not per client: w_k − w_t in float64 is exact.
@@ -84,13 +84,11 @@ class Worker:
         device, dtype = self.flat.weights.device, self.flat.weights.dtype
         for stack in self.engine.stacks([len(data[mine[slot]][1]) for slot in slots], self.cfg.batch_size):
             stack = [slots[i] for i in stack]
-            corrections = [self.algorithm.correction(extra, slot, device, dtype) for slot in stack]
-            correction = corrections[0] and (corrections[0][0], None if corrections[0][1] is None else
-                                             [offset for _, offset in corrections])
             weights, losses = self.engine.train(
                 self.start, [data[mine[slot]] for slot in stack],
                 [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
-                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr, correction)
+                self.cfg.epochs, self.cfg.batch_size, self.cfg.lr,
+                self.algorithm.correction(extra, stack, device, dtype))
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
                 self._add(round_, mine[slot], slot, deltas[row], losses[row], extra, sums)

@@ -73,15 +73,17 @@ class Algorithm:
 
     # ---- a worker ---------------------------------------------------------------------------------
 
-    def correction(self, extra: np.ndarray, slot: int, device, dtype) -> tuple[float, torch.Tensor | None] | None:
-        """(μ, the constant gradient correction c − c_k) of the client in `slot`, or None."""
+    def correction(self, extra: np.ndarray, slots: list[int], device,
+                   dtype) -> tuple[float, list[torch.Tensor] | None] | None:
+        """(μ, the constant gradient correction c − c_k of each client in `slots`, or None) for one
+        stack of clients, as Engine.train takes it; None when no gradient is corrected."""
         if not self.corrects_gradients:
             return None
-        offset = None
-        if self.scaffold:
-            c, c_k = extra[:self.p], extra[self.p * (1 + slot):self.p * (2 + slot)]
-            offset = torch.from_numpy(c - c_k).to(device=device, dtype=dtype)
-        return self.mu, offset
+        if not self.scaffold:
+            return self.mu, None
+        c = extra[:self.p]
+        offsets = [c - extra[self.p * (1 + slot):self.p * (2 + slot)] for slot in slots]
+        return self.mu, [torch.from_numpy(offset).to(device=device, dtype=dtype) for offset in offsets]
 
     def contribute(self, delta: torch.Tensor, n: int, steps: int, slot: int, broadcast_extra: np.ndarray,
                    sums, reduction_extra: np.ndarray) -> None:
