@@ -9,17 +9,18 @@ first 80 % of lines are training data, the rest (at least one line) test
 data. The paper counts 1,146 such roles in its edition; these texts give
 1,244 (docs/results.md says why they differ).
 
-An example is one line, as in the paper (its u = E·n/(K·B) in Table 2 gives
-74 examples per client on average: its 1,146 roles' lines; these texts give 66,
-and no line is longer than 77 characters): x = the 80 characters of the role's
-speech (its lines, each ended by a newline) before each of the line's
-characters and its newline, y = those characters. So every character of a
-role's speech is a target once, read with the 80 characters before it; the
-positions of x before the line are context (y = -1), and before the role's
-first line x reads newlines. A line longer than 80 characters gives one example
-per 80 of its characters. Test lines read the role's training lines before
-them as context, as a reader would. Tokens index the sorted vocabulary of all
-speech. The test set is every role's test lines, one example each.
+An example is one line, as in the paper (its u = E·n/(K·B) in Table 2 means
+74 examples per client: the lines of its 1,146 roles; these texts give 66,
+none longer than 77 characters). y = the line's characters and its newline;
+x = the character before each of them, in 80 characters of the role's speech
+(its lines, each ended by a newline) ending just before the line's newline.
+So every character of a role's speech is a target once, predicted from the
+line so far and the role's speech before the line; x's positions before the
+line are that context (y = -1 there), and before the role's first line x
+reads newlines. A line longer than 80 characters gives one example per 80
+of its characters. A test line's context is the role's lines before it, as
+a reader's would be. Tokens index the sorted vocabulary of all speech. The
+test set is every role's test lines, one example each.
 """
 from __future__ import annotations
 
