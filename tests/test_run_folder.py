@@ -4,9 +4,11 @@
   the flags (the bad-input catalogue checks the refusals byte for byte; here the flags that once
   deleted such a folder).
 - Two jobs started together on one --out, with and without --overwrite: exactly one runs, the
-  other exits with status 2 and one line in under 5 s, and the folder equals a single run's.
-- A job started on a folder another job is training in is refused without touching it; a job
-  killed with SIGKILL leaves no stale lock.
+  other exits with status 2 and one line, and the folder equals a single run's.
+- A job started on a folder another job is training in is refused at once ("in use by another
+  job": a job that waited for the lock would have gone on, or been told the folder exists)
+  without touching it; a job killed with SIGKILL leaves no stale lock.
+No test bounds a time: on a loaded machine startup alone can take seconds.
 """
 from __future__ import annotations
 
@@ -54,17 +56,15 @@ def test_two_jobs_started_together_on_one_folder_one_runs_the_other_is_refused(o
         if overwrite:
             shutil.copytree(earlier, out)
         jobs = [start(fed, out, *flags), start(fed, out, *flags)]
-        began = time.monotonic()
         results = []
         for job in jobs:
             stdout, stderr = job.communicate(timeout=120)
-            results.append((job.returncode, stdout, stderr, time.monotonic() - began))
+            results.append((job.returncode, stdout, stderr))
         codes = sorted(code for code, *_ in results)
         assert codes == [0, 2], results
-        _, stdout, stderr, seconds = next(r for r in results if r[0] == 2)
+        _, stdout, stderr = next(r for r in results if r[0] == 2)
         assert len(stderr.splitlines()) == 1 and not stdout, results
         assert "in use by another job" in stderr or "exists; pass --resume" in stderr, stderr
-        assert seconds < 5, f"refused after {seconds:.1f} s"
         np.testing.assert_array_equal(final_weights(out), final_weights(reference))
         assert comparable(out) == comparable(reference)
         assert (out / "config.toml").read_text() == (reference / "config.toml").read_text().replace(
@@ -87,7 +87,6 @@ def test_a_job_on_a_folder_in_training_is_refused_and_the_training_run_is_unharm
             second = launch(0, ["--data", str(fed), "--out", str(out), *flags, "--lr", "0.05", *extra], timeout=60)
             assert second.returncode == 2, second.stderr
             assert "in use by another job (host" in second.stderr and f"pid {job.pid}" not in second.stderr
-            assert second.seconds < 5
         job.communicate(timeout=120)
     finally:
         if job.poll() is None:
