@@ -138,10 +138,11 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         if packet[command]:
             return _stopped(int(packet[command]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
-        sums.add("requeue_requests", stops.exit_code == REQUEUE)
-        sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)
         if worker:
             worker.step(weights, extra, round_, sampled, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
+        # Read after training, so a request that came during this round stops the job after it.
+        sums.add("requeue_requests", stops.exit_code == REQUEUE)
+        sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)
         reduce_seconds = comm.reduce_sum(sums.buffer)  # (hi, lo) pairs
         if server:
             server.end_step(step, sampled, sums, {

@@ -1,6 +1,7 @@
 """Stop requests: SIGTERM / SIGUSR1 (SLURM's pre-timeout or preemption signal) and Ctrl-C.
 
-A handler only records the request; the job finishes the round, writes a
+A handler only records the request; every rank reports it in the reduction
+that ends the round in progress, so the job finishes that round, writes a
 checkpoint and exits with REQUEUE (75, EX_TEMPFAIL: "try again"), or
 INTERRUPTED (130) for Ctrl-C. A second Ctrl-C stops at once.
 """

@@ -28,6 +28,20 @@ from fedmpi.cli import main
 sys.exit(main())
 """
 
+STOP_REQUEST_IN_ROUND_2 = """
+import signal, sys
+from mpi4py import MPI
+import fedmpi.worker
+original = fedmpi.worker.Worker._add  # called with each trained client
+def signalled(self, round_, *args):
+    if MPI.COMM_WORLD.rank == 1 and round_ == 2:
+        signal.raise_signal(signal.SIGUSR1)  # as SLURM's pre-timeout signal would, while round 2 trains
+    return original(self, round_, *args)
+fedmpi.worker.Worker._add = signalled
+from fedmpi.cli import main
+sys.exit(main())
+"""
+
 
 def comparable(run_dir):
     """Metrics without wall-clock fields."""
@@ -125,6 +139,17 @@ def test_a_stop_signal_checkpoints_and_exits_with_a_requeue_status(sig, status, 
     assert "stop requested; checkpoint of round" in stdout
     assert (out / "checkpoint.h5").exists() and not (out / "checkpoint.h5.tmp").exists()
     assert not (out / "model.pt").exists()
+    assert_resumes_to(uninterrupted, federation(), out, ranks=2)
+
+
+def test_a_stop_request_during_a_round_stops_the_job_after_that_round(uninterrupted, federation, tmp_path):
+    """SLURM's lead time (--signal=B:USR1@120) has to cover the round in progress, not two rounds: a
+    request that reaches one rank while round 2 trains is answered with the checkpoint of round 2."""
+    out = tmp_path / "run"
+    r = launch(3, ["--data", str(federation()), "--out", str(out), *FLAGS], script=STOP_REQUEST_IN_ROUND_2,
+               timeout=120)
+    assert r.returncode == 75, r.stdout + r.stderr
+    assert "stop requested; checkpoint of round 2 " in r.stdout, r.stdout
     assert_resumes_to(uninterrupted, federation(), out, ranks=2)
 
 
