@@ -74,16 +74,17 @@ class Algorithm:
     # ---- a worker ---------------------------------------------------------------------------------
 
     def correction(self, extra: np.ndarray, slots: list[int], device,
-                   dtype) -> tuple[float, list[torch.Tensor] | None] | None:
-        """(μ, the constant gradient correction c − c_k of each client in `slots`, or None) for one
-        stack of clients, as Engine.train takes it; None when no gradient is corrected."""
+                   dtype) -> tuple[float, torch.Tensor | None] | None:
+        """(μ, the constant gradient corrections c − c_k of the clients in `slots` as the rows of a
+        tensor, or None) for one stack of clients, as Engine.train takes it; None when no gradient
+        is corrected."""
         if not self.corrects_gradients:
             return None
         if not self.scaffold:
             return self.mu, None
         c = extra[:self.p]
-        offsets = [c - extra[self.p * (1 + slot):self.p * (2 + slot)] for slot in slots]
-        return self.mu, [torch.from_numpy(offset).to(device=device, dtype=dtype) for offset in offsets]
+        offsets = np.stack([c - extra[self.p * (1 + slot):self.p * (2 + slot)] for slot in slots])
+        return self.mu, torch.from_numpy(offsets).to(device=device, dtype=dtype)
 
     def contribute(self, delta: torch.Tensor, n: int, steps: int, slot: int, broadcast_extra: np.ndarray,
                    sums, reduction_extra: np.ndarray) -> None:

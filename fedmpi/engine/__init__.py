@@ -161,10 +161,10 @@ class Engine:
 
     def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
               generators: list[torch.Generator], epochs: int, batch: int, lr: float,
-              correction: tuple[float, list[torch.Tensor] | None] | None = None):
+              correction: tuple[float, torch.Tensor | None] | None = None):
         """E epochs of minibatch SGD from `start` for each client of one stack (see `stacks`).
 
-        `correction`: (μ, each client's gradient offset or None), see local_sgd. A stacked step of a
+        `correction`: (μ, the clients' gradient offsets as rows, or None), see local_sgd. A stacked step of a
         model without buffers always pads a client's batches to B rows (masked), alone or not, so a
         client computes alike in any stack: results do not depend on the rank count.
 
@@ -193,8 +193,7 @@ class Engine:
         y = torch.stack([_pad(y, n) for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
         rows = start.repeat(g, 1)
         if correction:
-            mu, offsets = correction
-            correction = (mu, None if offsets is None else torch.stack(offsets), self.flat.num_params)
+            correction = (*correction, self.flat.num_params)
         if self.graphed:
             try:
                 total = self.graphed(rows, x, y, orders, mask, draws, batch, lr, correction)
