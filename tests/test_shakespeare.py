@@ -125,7 +125,7 @@ def test_a_line_longer_than_80_characters_gives_one_example_per_80():
     vocabulary = "\n ab"
     token = {c: i for i, c in enumerate(vocabulary)}
     lines = ["ab" * 20, "a b" * 60, "b"]  # 40, 180 and 1 characters
-    examples = shakespeare.line_examples(lines, 1, 3, token)
+    examples = shakespeare.line_examples(lines, 1, 3, shakespeare.speech_ids(lines, token))
     assert len(examples) == 3 + 1  # the 181 characters of line 2 with its newline: 80 + 80 + 21
     targets = [t for x, y in examples[:3][::-1] for t in y[y >= 0]]
     assert "".join(vocabulary[t] for t in targets) == lines[1] + "\n"

