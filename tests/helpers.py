@@ -37,6 +37,25 @@ def launch(ranks: int, module_args: list[str], timeout: float = 240, env: dict |
     return result
 
 
+def client_hook(when: str, action: str) -> str:
+    """A `launch(script=...)` that runs fedmpi with `action` done as a trained client's update is added
+    whenever `when` holds (in scope: rank, round_, k, delta): how tests inject faults into a real job."""
+    return f"""
+import signal, sys
+from mpi4py import MPI
+import fedmpi.worker
+original = fedmpi.worker.Worker._add  # called with each trained client's update Δ_k
+def hooked(self, round_, k, slot, delta, *args):
+    rank = MPI.COMM_WORLD.rank
+    if {when}:
+        {action}
+    return original(self, round_, k, slot, delta, *args)
+fedmpi.worker.Worker._add = hooked
+from fedmpi.cli import main
+sys.exit(main())
+"""
+
+
 def train(ranks: int, fed: Path, out: Path, *flags: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
     """A training job that must succeed; returns its CompletedProcess."""
     r = launch(ranks, ["--data", str(fed), "--out", str(out), *flags], timeout=timeout, **kw)

@@ -2,23 +2,12 @@
 --on-bad-update skip, is left out of the average (weights renormalised) and recorded."""
 
 from fedmpi.metrics import read_metrics
-from helpers import final_weights, launch
+from helpers import client_hook, final_weights, launch
 import numpy as np
 
 from test_fedavg_reference import FLOAT64, TOL, seq_fedavg
 
-POISON_CLIENT_3_IN_ROUND_1 = """
-import sys
-import fedmpi.worker
-add = fedmpi.worker.Worker._add  # called with each trained client's update Δ_k
-def poisoned(self, round_, k, slot, delta, *args):
-    if (round_, k) == (1, 3):
-        delta[7] = float("nan")
-    return add(self, round_, k, slot, delta, *args)
-fedmpi.worker.Worker._add = poisoned
-from fedmpi.cli import main
-sys.exit(main())
-"""
+POISON_CLIENT_3_IN_ROUND_1 = client_hook("(round_, k) == (1, 3)", 'delta[7] = float("nan")')
 FLAGS = ["--fraction", "1.0", "--epochs", "1", "--batch-size", "200", "--lr", "0.05", "--rounds", "1",
          "--seed", "2", *FLOAT64]
 

@@ -10,37 +10,13 @@ import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, PYTHON, final_weights, launch, train
+from helpers import MPIEXEC, PYTHON, client_hook, final_weights, launch, train
 
 FLAGS = ["--rounds", "8", "--checkpoint-every", "2", "--threads", "1", "--seed", "5"]
 
-RAISE_ON_RANK_2 = """
-import sys
-from mpi4py import MPI
-import fedmpi.worker
-original = fedmpi.worker.Worker._add  # called with each trained client
-def failing(self, round_, *args):
-    if MPI.COMM_WORLD.rank == 2 and round_ == 5:
-        raise RuntimeError("injected failure in client training")
-    return original(self, round_, *args)
-fedmpi.worker.Worker._add = failing
-from fedmpi.cli import main
-sys.exit(main())
-"""
-
-STOP_REQUEST_IN_ROUND_2 = """
-import signal, sys
-from mpi4py import MPI
-import fedmpi.worker
-original = fedmpi.worker.Worker._add  # called with each trained client
-def signalled(self, round_, *args):
-    if MPI.COMM_WORLD.rank == 1 and round_ == 2:
-        signal.raise_signal(signal.SIGUSR1)  # as SLURM's pre-timeout signal would, while round 2 trains
-    return original(self, round_, *args)
-fedmpi.worker.Worker._add = signalled
-from fedmpi.cli import main
-sys.exit(main())
-"""
+RAISE_ON_RANK_2 = client_hook("rank == 2 and round_ == 5", 'raise RuntimeError("injected failure in client training")')
+# As SLURM's pre-timeout signal would, while round 2 trains:
+STOP_REQUEST_IN_ROUND_2 = client_hook("rank == 1 and round_ == 2", "signal.raise_signal(signal.SIGUSR1)")
 
 
 def comparable(run_dir):
