@@ -15,7 +15,7 @@ from fedmpi.errors import FedMPIError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="data_prep", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
     p.add_argument("--dataset", choices=[*sources.DATASETS, "synthetic"], default="mnist")
     p.add_argument("--partition", choices=("iid", "shards", "dirichlet", "natural"), default="iid",
                    help="iid (default), shards (the paper's non-IID MNIST), dirichlet (label skew), natural "

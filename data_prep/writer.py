@@ -71,7 +71,7 @@ def write_federation(
     the kind and its manifest fields (a sources.Dataset or sources.synthetic.Synthetic).
     `partition` is the manifest's `partition` entry. Without `standardize`, the manifest's
     normalisation is mean 0, std 1: the models see pixels x/255 in [0, 1]. `index` (default:
-    above INDEX_FROM clients) lists the clients in clients.h5 instead of the JSON, with each file
+    from INDEX_FROM clients on) lists the clients in clients.h5 instead of the JSON, with each file
     packed (docs/federation-format.md), so that readers start in the same time at any K. `names`:
     the clients' names (a natural partition's).
     """

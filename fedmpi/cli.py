@@ -29,7 +29,8 @@ FLAG_HELP = {
     "checkpoint_every": "write a checkpoint every N rounds (always the last)",
     "on_bad_update": "abort | skip: what a client's NaN/Inf update does",
     "device": "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
-    "threads": "torch threads per rank (0 = node cores / worker ranks on the node)",
+    "threads": "torch threads per rank (0 = OMP_NUM_THREADS, else the rank's CPU binding, "
+               "else node cores / worker ranks)",
     "target_accuracy": "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
     "workers_per_node": "ranks per node that host clients (0 = the node's cores; further ranks wait idle)",
     "precision": "float32 | float64: dtype of the weights and the training (float64 to check numerics)",

@@ -3,7 +3,7 @@
 Nothing here knows about learning. Waiting uses non-blocking collectives
 polled with a growing sleep, because MPICH's blocking calls spin a core at
 100 % and, with more ranks than cores, idle ranks would steal CPU from the
-ranks that train (DESIGN.md property 6).
+ranks that train.
 """
 from __future__ import annotations
 

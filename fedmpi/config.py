@@ -42,7 +42,7 @@ class RunConfig:
     checkpoint_every: int = 10  # write checkpoint.h5 every N rounds (and the last); 0 = only at the end
     on_bad_update: str = "abort"  # abort | skip: what a non-finite client update does
     device: str = "auto"        # auto | cpu | cuda | cuda:N
-    threads: int = 0            # torch threads per rank; 0 = cores / worker ranks on the node
+    threads: int = 0            # torch threads per rank; 0 = OMP_NUM_THREADS, else CPU binding, else cores / workers
     target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
     workers_per_node: int = 0   # ranks per node that host clients; 0 = the node's cores (the rest wait idle)
     precision: str = "float32"  # float32 | float64: the dtype of weights and training

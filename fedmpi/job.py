@@ -46,7 +46,7 @@ class Setup:
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
-    """CPU, or the GPU `local rank mod visible GPUs` (DESIGN.md property 7)."""
+    """CPU, or the GPU `local rank mod visible GPUs` (so ranks of a node share its GPUs evenly)."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():

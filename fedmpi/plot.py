@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m fedmpi.plot" + (" scaling" if scaling else ""),
         description="scaling plot from CSVs of python -m fedmpi.scaling gather" if scaling else
-        "test accuracy vs round of run folders (python -m fedmpi.plot scaling CSV... for scaling plots)")
+        "test accuracy vs round of run folders (python -m fedmpi.plot scaling CSV... for scaling plots; "
+        "python -m fedmpi.plot table RUN... [--best-lr] for rounds-to-target tables)")
     p.add_argument("inputs", nargs="+", type=Path, help="CSV files" if scaling else "run folders")
     p.add_argument("-o", "--output", required=True, type=Path, help="image file (.png, .pdf, .svg)")
     p.add_argument("--title")

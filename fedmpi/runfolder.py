@@ -145,8 +145,8 @@ def check_owned(path: Path) -> None:
     """Refuse a folder with files in it that fedmpi did not make."""
     if any(True for _ in path.iterdir()) and not (path / MARKER).is_file():
         raise FedMPIError(f"--out {path}: not a fedmpi run folder (it has files but no {MARKER} marker); fedmpi "
-                          "never changes such a folder, whatever the flags: choose another --out. (A run "
-                          f"folder of fedmpi 0.1 has no marker: `touch {path / MARKER}` adopts it.)")
+                          "never changes such a folder, whatever the flags: choose another --out. (A run folder made "
+                          f"before fedmpi made markers (commit 6781fe5) has none: `touch {path / MARKER}` adopts it.)")
 
 
 def _remove_made(created: list[Path]) -> None:

@@ -223,7 +223,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m fedmpi.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", help="sweep file (TOML with out, ranks, [base], [grid], [[rows]])")
     p.add_argument("--list", action="store_true", help="print each run's name, state and folder; run nothing")
-    p.add_argument("--launcher", help="MPI launcher command (default: mpiexec -n RANKS)")
+    p.add_argument("--launcher", help="MPI launcher command (default: mpiexec -n RANKS, the venv's mpiexec "
+                   "if it has one)")
     p.add_argument("--slurm", action="store_true", help="submit the unfinished runs as one SLURM array job "
                    "(arguments after -- go to sbatch, e.g. -- --time=02:00:00 --ntasks-per-node=3)")
     args, rest = p.parse_known_args(argv)

