@@ -191,6 +191,17 @@ def sweep_in_training(federation, tmp_path):
     return sweep_file, out, slow, proc
 
 
+def assert_rerun_finishes_as_direct_runs(sweep_file, out, slow, federation, tmp_path):
+    """After a stop during sweep_in_training's first run: it is partial, the second new, and rerunning the
+    sweep resumes the first to the weights of a direct run."""
+    assert [state for _, state, _ in listing(sweep_file)] == ["partial", "new"]
+    again = sweep(sweep_file)
+    assert again.returncode == 0 and "lr0.05: resuming" in again.stdout, f"{again.stdout}\n{again.stderr}"
+    reference = tmp_path / "direct"
+    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
+    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
+
+
 def test_usr1_to_the_sweep_checkpoints_the_running_job_and_the_same_command_goes_on(swept, federation, tmp_path):
     """SLURM's pre-timeout signal reaches the sweep: its job checkpoints, the sweep exits 75 without
     starting the next run, and rerunning the command ends both runs where direct runs end."""
@@ -204,12 +215,7 @@ def test_usr1_to_the_sweep_checkpoints_the_running_job_and_the_same_command_goes
     assert proc.returncode == 75, output
     assert "sweep: stopped during lr0.05 (exit 75)" in output and "lr0.1: starting" not in output, output
     assert (out / "lr0.05" / "checkpoint.h5").exists()
-    assert [state for _, state, _ in listing(sweep_file)] == ["partial", "new"]
-    again = sweep(sweep_file)
-    assert again.returncode == 0 and "lr0.05: resuming" in again.stdout, f"{again.stdout}\n{again.stderr}"
-    reference = tmp_path / "direct"
-    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
-    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
+    assert_rerun_finishes_as_direct_runs(sweep_file, out, slow, federation, tmp_path)
 
 
 # ---- bad sweep files -----------------------------------------------------------------------------
@@ -267,9 +273,4 @@ def test_one_sweep_runner_per_folder_and_its_job_ends_with_it(swept, federation,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "stop requested; checkpoint of round" in output, output
-    assert [state for _, state, _ in listing(sweep_file)] == ["partial", "new"]
-    again = sweep(sweep_file)
-    assert again.returncode == 0 and "lr0.05: resuming" in again.stdout, f"{again.stdout}\n{again.stderr}"
-    reference = tmp_path / "direct"
-    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
-    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
+    assert_rerun_finishes_as_direct_runs(sweep_file, out, slow, federation, tmp_path)
