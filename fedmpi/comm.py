@@ -63,7 +63,6 @@ class Comm:
         self.size = self.world.Get_size()
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
-        self.local_size = node.Get_size()
         cores = len(set().union(*node.allgather(os.sched_getaffinity(0))))
         # (node, this rank's place among the node's candidate workers, the node's cores) of every rank
         candidate = self.rank > 0 or self.size == 1  # rank 0 only coordinates when P > 1
