@@ -26,15 +26,45 @@ def launch(ranks: int, module_args: list[str], timeout: float = 240, env: dict |
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     start = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    out, err = finish(proc, timeout)
     result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     result.seconds = time.monotonic() - start
     return result
+
+
+def start_job(ranks: int, fed: Path, out: Path, *flags: str) -> subprocess.Popen:
+    """A training job left running (ranks = 0: no launcher), in its own session so that a failing test
+    can kill mpiexec and its ranks together; wait on it with wait_for_round and finish."""
+    cmd = [PYTHON, "-m", "fedmpi", "--data", str(fed), "--out", str(out), *flags]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of a process started in its own session; past the timeout its whole process group
+    is killed and the test fails with its output: a job that hangs never outlives its test."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(map(str, proc.args))} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+
+
+def wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the job writing `out` has recorded round `round_`; fail (its process group killed) if it
+    ends first or takes longer than the timeout."""
+    from fedmpi.metrics import read_metrics
+
+    deadline = time.monotonic() + timeout
+    while not any(r["round"] >= round_ for r in read_metrics(out)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            out_, err = proc.communicate()
+            raise AssertionError(f"round {round_} not reached (exit {proc.returncode})\n{out_}\n{err}")
+        time.sleep(0.02)
 
 
 def client_hook(when: str, action: str) -> str:

@@ -2,7 +2,6 @@
 behind, and `--resume` then finishes with the weights and metrics of a run that never failed."""
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, PYTHON, client_hook, final_weights, launch, train
+from helpers import MPIEXEC, client_hook, final_weights, finish, launch, start_job, train, wait_for_round
 
 FLAGS = ["--rounds", "8", "--checkpoint-every", "2", "--threads", "1", "--seed", "5"]
 
@@ -63,22 +62,6 @@ def rank_pids(marker: str) -> dict[int, int]:
     return found
 
 
-def start_job(ranks, fed, out, *flags):
-    cmd = [MPIEXEC, "-n", str(ranks), PYTHON, "-m", "fedmpi", "--data", str(fed), "--out", str(out), *flags]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for_round(out: Path, round_: int, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(r["round"] >= round_ for r in read_metrics(out)):
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"round {round_} not reached in {timeout} s")
-
-
 def test_a_killed_worker_ends_the_job_within_30_s_without_orphans_and_resume_matches(
         uninterrupted, federation, tmp_path):
     out = tmp_path / "run"
@@ -88,11 +71,7 @@ def test_a_killed_worker_ends_the_job_within_30_s_without_orphans_and_resume_mat
     assert sorted(pids) == [0, 1, 2]
     killed = time.monotonic()
     os.kill(pids[2], signal.SIGKILL)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("job still running 30 s after a worker was killed")
+    finish(proc, 30)  # the job must end within 30 s of a worker's death
     print(f"SIGKILL of rank 2 -> job exit in {time.monotonic() - killed:.2f} s")
     assert proc.returncode != 0
     time.sleep(1)
@@ -109,7 +88,7 @@ def test_a_stop_signal_checkpoints_and_exits_with_a_requeue_status(sig, status, 
     wait_for_round(out, 2, proc)
     sent = time.monotonic()
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = finish(proc, 60)
     print(f"{sig.name} -> exit {proc.returncode} in {time.monotonic() - sent:.2f} s")
     assert proc.returncode == status, stdout + stderr
     assert "stop requested; checkpoint of round" in stdout
@@ -135,7 +114,7 @@ def test_a_stop_signal_during_startup_still_checkpoints(uninterrupted, federatio
     proc = start_job(3, federation(), out, *FLAGS)
     time.sleep(0.5)
     proc.send_signal(signal.SIGUSR1)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = finish(proc, 60)
     assert proc.returncode == 75, stdout + stderr
     assert "stop requested; checkpoint of round 1" in stdout
     assert_resumes_to(uninterrupted, federation(), out, ranks=3)

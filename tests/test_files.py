@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import PYTHON, final_weights, launch, train
+from helpers import PYTHON, final_weights, finish, launch, train
 
 FLAGS = ["--rounds", "4", "--checkpoint-every", "1", "--threads", "1", "--seed", "6", "--batch-size", "50",
          "--fraction", "0.2"]
@@ -133,13 +134,16 @@ def test_toml_batch_size_inf_is_the_whole_local_set(federation, tmp_path):
 def test_data_prep_stopped_by_sigterm_leaves_no_half_written_folder(tmp_path):
     """3000 clients: about 2 s of writing files, in which the signal arrives."""
     proc = subprocess.Popen([PYTHON, "-m", "data_prep", "--clients", "3000", "--out", str(tmp_path / "fed")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".fed.partial-") for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"no partial folder while data_prep ran: {finish(proc, 30)}")
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    finish(proc, 60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
 

@@ -1,4 +1,4 @@
-"""Results do not depend on how many ranks share the clients (DESIGN.md property 2).
+"""Results do not depend on how many ranks share the clients (docs/architecture.md).
 
 With the same threads per rank, the final weights are bitwise equal for
 P = 1 (no launcher), 2, 3, 4, with ranks beyond the cores idle (the default)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, PYTHON, final_weights, launch, train
+from helpers import final_weights, finish, launch, start_job, train, wait_for_round
 
 FLAGS = ["--rounds", "1", "--batch-size", "0", "--threads", "1", "--seed", "4"]  # one quick round
 TRIES = 4
@@ -40,8 +38,7 @@ def reference(federation, tmp_path_factory):
 
 
 def start(fed, out, *flags):
-    return subprocess.Popen([PYTHON, "-m", "fedmpi", "--data", str(fed), "--out", str(out), *FLAGS, *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return start_job(0, fed, out, *FLAGS, *flags)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -58,7 +55,7 @@ def test_two_jobs_started_together_on_one_folder_one_runs_the_other_is_refused(o
         jobs = [start(fed, out, *flags), start(fed, out, *flags)]
         results = []
         for job in jobs:
-            stdout, stderr = job.communicate(timeout=120)
+            stdout, stderr = finish(job, 120)
             results.append((job.returncode, stdout, stderr))
         codes = sorted(code for code, *_ in results)
         assert codes == [0, 2], results
@@ -75,19 +72,14 @@ def test_a_job_on_a_folder_in_training_is_refused_and_the_training_run_is_unharm
     fed = federation()
     out = tmp_path / "run"
     flags = ["--rounds", "6", "--threads", "1", "--seed", "5", "--checkpoint-every", "1"]
-    job = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, "-m", "fedmpi", "--data", str(fed), "--out", str(out),
-                            *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    job = start_job(3, fed, out, *flags)
     try:
-        deadline = time.monotonic() + 120
-        while len(read_metrics(out)) < 2:
-            assert time.monotonic() < deadline and job.poll() is None, job.communicate()
-            time.sleep(0.05)
+        wait_for_round(out, 1, job)
         for extra in (["--overwrite"], ["--resume"], []):
             second = launch(0, ["--data", str(fed), "--out", str(out), *flags, "--lr", "0.05", *extra], timeout=60)
             assert second.returncode == 2, second.stderr
             assert "in use by another job (host" in second.stderr and f"pid {job.pid}" not in second.stderr
-        job.communicate(timeout=120)
+        finish(job, 120)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
@@ -102,12 +94,9 @@ def test_a_killed_job_leaves_no_stale_lock(federation, tmp_path):
     fed = federation(clients=10)
     out = tmp_path / "run"
     job = start(fed, out, "--rounds", "200", "--checkpoint-every", "1")
-    deadline = time.monotonic() + 120
-    while len(read_metrics(out)) < 2:
-        assert time.monotonic() < deadline and job.poll() is None, job.communicate()
-        time.sleep(0.05)
+    wait_for_round(out, 1, job)
     job.kill()
-    job.communicate(timeout=30)
+    finish(job, 30)
     r = launch(0, ["--data", str(fed), "--out", str(out), *FLAGS, "--overwrite"], timeout=60)
     assert r.returncode == 0, r.stderr  # a lock left behind would refuse it
 

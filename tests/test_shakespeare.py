@@ -178,7 +178,7 @@ def test_a_sequence_federation_trains_alike_on_3_ranks_and_on_one(two_plays, tmp
     flags = ("--model", "lstm", "--fraction", "0.1", "--epochs", "1", "--batch-size", "10", "--lr", "1.47",
              "--rounds", "2", "--seed", "1", "--threads", "1")
     r = train(3, two_plays, tmp_path / "p3", *flags)
-    assert "(the paper: 866,578" in r.stdout or "the paper: 866,578" in r.stdout
+    assert "the paper: 866,578" in r.stdout
     train(0, two_plays, tmp_path / "p1", *flags)
     np.testing.assert_array_equal(final_weights(tmp_path / "p3"), final_weights(tmp_path / "p1"))
     # accuracy and loss per character, recomputed from the saved model
@@ -192,8 +192,10 @@ def test_a_sequence_federation_trains_alike_on_3_ranks_and_on_one(two_plays, tmp
     accuracy = float((logits.argmax(-1)[real] == y[real]).double().mean())
     loss = float(torch.nn.functional.cross_entropy(logits[real], y[real]))
     last = [json.loads(line) for line in (tmp_path / "p3" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert last["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert last["test_loss"] == pytest.approx(loss, rel=1e-5)
+    # fedmpi evaluates in chunks split over the workers, this in one batch: float32 logits that differ in
+    # the last bits may flip a near-tie's argmax, so allow a few characters of the N scored.
+    assert last["test_accuracy"] == pytest.approx(accuracy, abs=5 / int(real.sum()))
+    assert last["test_loss"] == pytest.approx(loss, rel=1e-4)
     assert accuracy > 3 / fed.num_classes  # it learns: chance is 1 / V
 
 
