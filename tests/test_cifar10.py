@@ -72,8 +72,10 @@ def test_the_batches_become_a_federation_of_the_same_images(batches, run_data_pr
         with h5py.File(tmp_path / "fed" / f"client-{k:05d}.h5") as f:
             stored.append((f["x"][:], f["y"][:]))
     train_x = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
-    x = np.concatenate([s[0] for s in stored])
-    assert sorted(map(bytes, x)) == sorted(map(bytes, train_x))  # every training image once
+    train_y = np.concatenate([written[f"data_batch_{i}"][1] for i in range(1, 6)])
+    x, y = (np.concatenate([s[i] for s in stored]) for i in (0, 1))
+    # every training image once, with its own label
+    assert sorted(zip(map(bytes, x), y.tolist())) == sorted(zip(map(bytes, train_x), train_y.tolist()))
     with h5py.File(tmp_path / "fed" / "test.h5") as f:
         np.testing.assert_array_equal(f["x"][:], written["test_batch"][0])
         np.testing.assert_array_equal(f["y"][:], written["test_batch"][1])
@@ -96,6 +98,12 @@ def test_a_copy_that_fails_the_published_md5_or_lacks_a_batch_is_one_line(damage
     assert not (tmp_path / "fed").exists()
 
 
+def test_the_checked_md5s_are_the_published_ones():
+    from torchvision.datasets import CIFAR10
+
+    assert cifar10.BATCHES == dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
 def test_cifar_cnn_has_the_tutorials_layers():
     conv = (5 * 5 * 3 * 64 + 64) + (5 * 5 * 64 * 64 + 64)
     dense = (6 * 6 * 64 * 384 + 384) + (384 * 192 + 192) + (192 * 10 + 10)
@@ -113,8 +121,15 @@ def test_augmentation_is_the_papers_crop_flip_brightness_contrast():
     center = augment(torch.from_numpy(images)).numpy()
     for i in range(4):
         np.testing.assert_allclose(center[i], standardized(images[i, :, 4:28, 4:28].astype(np.float64)), atol=1e-12)
+    many = augment.draw(torch.Generator().manual_seed(3), 1, 20_000)[0].numpy()
+    for offset in (many[:, 0], many[:, 1]):  # crop offsets 0..8, each about 1/9 of the draws
+        assert np.array_equal(np.unique(offset), np.arange(9)), np.unique(offset)
+        assert np.bincount(offset.astype(int)).min() > 0.9 * 20_000 / 9
+    assert set(np.unique(many[:, 2])) == {0.0, 1.0} and abs(many[:, 2].mean() - 0.5) < 0.02  # flips
+    assert -63 <= many[:, 3].min() < -60 and 60 < many[:, 3].max() <= 63  # brightness delta U(-63, 63)
+    assert 0.2 <= many[:, 4].min() < 0.25 and 1.75 < many[:, 4].max() <= 1.8  # contrast factor U(0.2, 1.8)
+    assert abs(many[:, 4].mean() - 1.0) < 0.02
     draws = augment.draw(torch.Generator().manual_seed(3), 1, 4)[0]
-    assert set(draws[:, 0].tolist()) <= set(range(9)) and set(draws[:, 2].tolist()) <= {0.0, 1.0}
     got = augment(torch.from_numpy(images), draws).numpy()
     for i, (dy, dx, flip, delta, factor) in enumerate(draws.tolist()):
         x = images[i, :, int(dy):int(dy) + 24, int(dx):int(dx) + 24].astype(np.float64)
