@@ -5,12 +5,13 @@ P = 1 (no launcher), 2, 3, 4, with ranks beyond the cores idle (the default)
 or all of them hosting clients (--workers-per-node), and for one client per
 worker (K = 10, P = 11).
 """
+import math
 import os
 
 import numpy as np
 import pytest
 
-from helpers import final_weights, train
+from helpers import final_weights, launch, train
 
 FLAGS = ("--model", "2nn", "--fraction", "0.1", "--epochs", "1", "--batch-size", "10", "--lr", "0.1",
          "--rounds", "3", "--seed", "1", "--threads", "1")
@@ -51,3 +52,38 @@ def test_float64_results_do_not_depend_on_rank_count_either(federation, tmp_path
     train(0, federation(), tmp_path / "p1", *flags)
     train(3, federation(), tmp_path / "p3", *flags)
     np.testing.assert_array_equal(final_weights(tmp_path / "p3"), final_weights(tmp_path / "p1"))
+
+
+REDUCE_ADDENDS = """
+import sys
+import numpy as np
+from fedmpi.comm import Comm
+from fedmpi.fedavg import two_sum_into
+comm = Comm()
+addends = np.load(sys.argv[1])  # (clients, values)
+workers = list(range(1, comm.size)) or [0]
+pairs = np.zeros((addends.shape[1], 2))
+for k in range(len(addends)):
+    if workers[k % len(workers)] == comm.rank:  # this rank's clients, round robin: another grouping per P
+        two_sum_into(pairs[:, 0], pairs[:, 1], addends[k])
+comm.reduce_sum(pairs)
+if comm.rank == 0:
+    np.save(sys.argv[2], pairs[:, 0] + pairs[:, 1])
+"""
+
+
+def test_the_reduction_is_the_exact_sum_rounded_once_for_any_rank_count(tmp_path):
+    """The double-double sums under the round's reduction (fedavg.two_sum_into on each rank, comm.DD_SUM
+    across ranks), against math.fsum (the correctly rounded sum) of addends chosen to make plain float64
+    sums depend on their order: magnitudes over 16 decades, and pairs that cancel."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 500)) * 10.0 ** rng.uniform(-8, 8, size=(24, 500))
+    addends = np.concatenate([x, -x[:8] * (1 + 2.0 ** -40)])  # cancellation: the small remainders count
+    np.save(tmp_path / "addends.npy", addends)
+    exact = np.array([math.fsum(column) for column in addends.T])
+    assert not np.array_equal(addends.sum(axis=0), exact)  # a plain float64 sum would fail this test
+    for ranks in (1, 2, 3, 5):
+        out = tmp_path / f"sum{ranks}.npy"
+        r = launch(ranks, [str(tmp_path / "addends.npy"), str(out)], script=REDUCE_ADDENDS, timeout=60)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_array_equal(np.load(out), exact, err_msg=f"{ranks} ranks")
