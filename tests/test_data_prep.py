@@ -110,11 +110,25 @@ def test_shards_give_600_each_in_two_label_sorted_shards_as_the_spec_draws_them(
     assert_covers_training_set_once(fed, raw)
 
 
-def test_dirichlet_sizes_are_unequal_and_cover_the_training_set(federation, raw):
+def test_dirichlet_clients_are_the_ones_the_spec_draws(federation, raw):
     fed = federation("dirichlet", alpha=0.5)
-    sizes = [len(y) for _, _, y in read_clients(fed)]
+    clients = read_clients(fed)
+    sizes = [len(y) for _, _, y in clients]
     assert sum(sizes) == 60_000 and min(sizes) >= 1
     assert max(sizes) > 2 * min(sizes)
+    # The spec's draw (docs/federation-format.md), from default_rng(seed): per class in label order, its
+    # indices permuted, then Dirichlet(0.5·1_K) proportions; client k gets the slice between the cuts
+    # floor(cumsum(p)·n_c), and its slices are concatenated in class order.
+    rng = np.random.default_rng(0)
+    pieces = [[] for _ in range(100)]
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(raw["train_y"] == c))
+        cuts = np.floor(np.cumsum(rng.dirichlet(np.full(100, 0.5)))[:-1] * len(idx)).astype(int)
+        for k, piece in enumerate(np.split(idx, cuts)):
+            pieces[k].append(piece)
+    for k, (_, x, y) in enumerate(clients):
+        mine = np.concatenate(pieces[k])
+        assert np.array_equal(y, raw["train_y"][mine]) and np.array_equal(x, raw["train_x"][mine]), f"client {k}"
     assert_covers_training_set_once(fed, raw)
 
 
@@ -256,11 +270,21 @@ def test_a_broken_idx_file_is_refused_naming_it(tmp_path, raw):
         sources.load("mnist", str(tmp_path))
 
 
-def test_unbalanced_iid_sizes_are_unequal_at_least_one_and_sum_to_n():
+def test_unbalanced_iid_sizes_are_the_ones_the_spec_draws():
     parts = partition.iid(60_000, 100, np.random.default_rng(0), unbalance=1.0)
     sizes = [len(p) for p in parts]
     assert len(parts) == 100 and min(sizes) >= 1 and max(sizes) > 3 * min(sizes)
-    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(60_000))
+    # The spec: the permutation first, then K lognormal(0, S) weights; sizes = 1 + the largest-remainder
+    # rounding of (N - K)·w/Σw; the parts are cut from the permutation in client order.
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(60_000)
+    w = rng.lognormal(0.0, 1.0, 100)
+    quota = (60_000 - 100) * w / w.sum()
+    base = np.floor(quota).astype(int)
+    extra = np.zeros(100, int)
+    extra[np.argsort(-(quota - base), kind="stable")[:60_000 - 100 - base.sum()]] = 1
+    assert sizes == (1 + base + extra).tolist()
+    assert all(np.array_equal(p, q) for p, q in zip(parts, np.split(perm, np.cumsum(sizes)[:-1])))
 
 
 def test_partitions_that_cannot_be_made_are_refused_clearly():
