@@ -46,7 +46,8 @@ def load(source: str | None, checked: bool = True) -> Dataset:
     train = [parts[name] for name in BATCHES if name != "test_batch"]
     return Dataset(train_x=np.concatenate([x for x, _ in train]), train_y=np.concatenate([y for _, y in train]),
                    test_x=parts["test_batch"][0], test_y=parts["test_batch"][1],
-                   source={"kind": "cifar10-python", "path": str(folder.resolve()), "checked": checked},
+                   source={"kind": "cifar10-python", "path": str(folder.resolve()), "sha256": None,
+                           "checked": checked},
                    num_classes=NUM_CLASSES, fields={"augment": "cifar"})
 
 
