@@ -54,6 +54,9 @@ def test_clients_follow_li_et_al_and_the_power_law(synthetic):
         np.testing.assert_array_equal(x, rx)
         np.testing.assert_array_equal(y, ry)
     sizes = fed.sizes
+    # The sizes' recipe: floor(lognormal(1, 2)) + 10, capped at 1000, from SeedSequence([seed, 2^32]).
+    draws = np.random.default_rng(np.random.SeedSequence([4, 2**32])).lognormal(1.0, 2.0, 2000)
+    np.testing.assert_array_equal(sizes, np.minimum(np.floor(draws) + 10, 1000))
     assert sizes.min() >= 10 and sizes.max() <= 1000 and abs(np.median(sizes) - (10 + np.e)) <= 1
     assert (sizes > 100).sum() > 20  # the heavy tail of lognormal(1, 2)
 
