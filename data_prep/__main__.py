@@ -11,16 +11,11 @@ import numpy as np
 
 from data_prep import partition, sources, writer
 from data_prep.sources import synthetic
-from fedmpi.errors import FedMPIError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every other error of data_prep
-        raise FedMPIError(f"{message} (see python -m data_prep --help)")
+from fedmpi.errors import ArgumentParser, FedMPIError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(prog="python -m data_prep", description=__doc__)
+    p = ArgumentParser(prog="python -m data_prep", description=__doc__)
     p.add_argument("--dataset", choices=[*sources.DATASETS, "synthetic"], default="mnist")
     p.add_argument("--partition", choices=("iid", "shards", "dirichlet", "natural"), default="iid",
                    help="iid (default), shards (the paper's non-IID MNIST), dirichlet (label skew), natural "

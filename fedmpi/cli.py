@@ -5,7 +5,6 @@ checked, so a typo costs a fraction of a second instead of a torch import per ra
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -13,7 +12,7 @@ import traceback
 
 from fedmpi import models
 from fedmpi.config import FIELD_NAMES
-from fedmpi.errors import FedMPIError
+from fedmpi.errors import ArgumentParser, FedMPIError
 
 FLAG_HELP = {
     "data": "federation folder written by python -m data_prep",
@@ -49,13 +48,8 @@ FLAG_HELP = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise FedMPIError(f"{message} (see python -m fedmpi --help)")
-
-
 def parse_args(argv):
-    p = _Parser(prog="python -m fedmpi", description="Federated Averaging over MPI (rank 0 = server).")
+    p = ArgumentParser(prog="python -m fedmpi", description="Federated Averaging over MPI (rank 0 = server).")
     p.add_argument("--config", help="TOML file with any of the fields below; flags override it")
     for name in FIELD_NAMES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, help=FLAG_HELP[name])

@@ -5,5 +5,15 @@ bug and keeps its traceback.
 """
 
 
+import argparse
+
+
 class FedMPIError(Exception):
     """A user-facing error whose message names the offending file or field."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are FedMPIErrors, so the command line too gets the one-line error."""
+
+    def error(self, message):
+        raise FedMPIError(f"{message} (see {self.prog} --help)")

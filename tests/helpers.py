@@ -16,34 +16,36 @@ PYTHON = sys.executable
 MPIEXEC = shutil.which("mpiexec", path=str(Path(PYTHON).parent)) or shutil.which("mpiexec")
 
 
+def start(ranks: int, args: list[str], env: dict | None = None, module: str = "fedmpi",
+          script: str | None = None) -> subprocess.Popen:
+    """`python -m module args` (or `python -c script args`) under `mpiexec -n ranks` (ranks = 0: no
+    launcher), in its own session, so that a failing test can kill mpiexec and its ranks together."""
+    cmd = [PYTHON, *(["-c", script] if script else ["-m", module]), *args]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
 def launch(ranks: int, module_args: list[str], timeout: float = 240, env: dict | None = None,
            module: str = "fedmpi", script: str | None = None) -> subprocess.CompletedProcess:
     """Run `python -m fedmpi ...` (ranks = 0: no launcher) or `mpiexec -n ranks ...`; never hangs."""
-    target = ["-c", script] if script else ["-m", module]
-    cmd = [PYTHON, *target, *module_args]
-    if ranks:
-        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
-    start = time.monotonic()
+    proc = start(ranks, module_args, env, module, script)
+    started = time.monotonic()
     out, err = finish(proc, timeout)
-    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    result.seconds = time.monotonic() - start
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    result.seconds = time.monotonic() - started
     return result
 
 
 def start_job(ranks: int, fed: Path, out: Path, *flags: str) -> subprocess.Popen:
-    """A training job left running (ranks = 0: no launcher), in its own session so that a failing test
-    can kill mpiexec and its ranks together; wait on it with wait_for_round and finish."""
-    cmd = [PYTHON, "-m", "fedmpi", "--data", str(fed), "--out", str(out), *flags]
-    if ranks:
-        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """A training job left running; wait on it with wait_for_round and finish."""
+    return start(ranks, ["--data", str(fed), "--out", str(out), *flags])
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """(stdout, stderr) of a process started in its own session; past the timeout its whole process group
-    is killed and the test fails with its output: a job that hangs never outlives its test."""
+    """(stdout, stderr) of a process from start(); past the timeout its whole process group is killed
+    and the test fails with its output: a job that hangs never outlives its test."""
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -52,19 +54,24 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
         raise AssertionError(f"{' '.join(map(str, proc.args))} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
 
 
-def wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until the job writing `out` has recorded round `round_`; fail (its process group killed) if it
-    ends first or takes longer than the timeout."""
-    from fedmpi.metrics import read_metrics
-
+def wait_until(proc: subprocess.Popen, done, what: str, timeout: float = 120) -> None:
+    """Poll `done()` while the process from start() runs; fail (its process group killed) if it ends
+    first or the timeout passes."""
     deadline = time.monotonic() + timeout
-    while not any(r["round"] >= round_ for r in read_metrics(out)):
+    while not done():
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-            out_, err = proc.communicate()
-            raise AssertionError(f"round {round_} not reached (exit {proc.returncode})\n{out_}\n{err}")
+            out, err = proc.communicate()
+            raise AssertionError(f"{what}: not seen (exit {proc.returncode})\n{out}\n{err}")
         time.sleep(0.02)
+
+
+def wait_for_round(out: Path, round_: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the job writing `out` has recorded round `round_`."""
+    from fedmpi.metrics import read_metrics
+
+    wait_until(proc, lambda: any(r["round"] >= round_ for r in read_metrics(out)), f"round {round_}", timeout)
 
 
 def client_hook(when: str, action: str) -> str:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import PYTHON, final_weights, finish, launch, train
+from helpers import final_weights, finish, launch, start, train, wait_until
 
 FLAGS = ["--rounds", "4", "--checkpoint-every", "1", "--threads", "1", "--seed", "6", "--batch-size", "50",
          "--fraction", "0.2"]
@@ -133,15 +131,9 @@ def test_toml_batch_size_inf_is_the_whole_local_set(federation, tmp_path):
 
 def test_data_prep_stopped_by_sigterm_leaves_no_half_written_folder(tmp_path):
     """3000 clients: about 2 s of writing files, in which the signal arrives."""
-    proc = subprocess.Popen([PYTHON, "-m", "data_prep", "--clients", "3000", "--out", str(tmp_path / "fed")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".fed.partial-") for p in tmp_path.iterdir()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"no partial folder while data_prep ran: {finish(proc, 30)}")
-        time.sleep(0.01)
+    proc = start(0, ["--clients", "3000", "--out", str(tmp_path / "fed")], module="data_prep")
+    wait_until(proc, lambda: any(p.name.startswith(".fed.partial-") for p in tmp_path.iterdir()),
+               "data_prep's partial folder")
     proc.send_signal(signal.SIGTERM)
     finish(proc, 60)
     assert proc.returncode == 128 + signal.SIGTERM
