@@ -7,6 +7,7 @@ that are rank-specific and end the whole job via Abort.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, 
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
-from fedmpi.errors import FedMPIError
+from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.engine import FlatModel
 from fedmpi.fedavg import RoundSums, plan_round
 from fedmpi.files import remove_leftovers, write_atomically
@@ -133,7 +134,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         if server and round_:
             algorithm.fill_broadcast(extra, sampled)
         bcast_seconds = comm.bcast(packet)
-        if packet[command] == TARGET_REACHED:
+        if packet[command] in (TARGET_REACHED, DIVERGED):
             break
         if packet[command]:
             return _stopped(int(packet[command]), server, setup.run_dir, step)
@@ -151,14 +152,30 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
                 "eval_sum": round(sums["eval_seconds"], 6)})
             if server.target_round is not None:
                 packet[command] = TARGET_REACHED
+            elif server.diverged:
+                packet[command] = DIVERGED
             elif (sums["interrupt_requests"] or sums["requeue_requests"]) and step < cfg.rounds:
                 server.checkpoint(step + 1)
                 packet[command] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
     if server:
         flat.weights.copy_(torch.from_numpy(weights))
         server.finish(flat.model)
-        print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt)", flush=True)
-    return 0
+        if server.diverged:
+            _report_divergence(server.diverged, cfg.on_bad_update)
+        else:
+            print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt)", flush=True)
+    return DIVERGED if packet[command] == DIVERGED else 0
+
+
+def _report_divergence(diverged: dict, policy: str) -> None:
+    round_, clients = diverged["round"], diverged["clients"]
+    who = (f"client {clients[0]}" if len(clients) == 1 else
+           f"clients {', '.join(map(str, clients[:5]))}{f' and {len(clients) - 5} more' if len(clients) > 5 else ''}")
+    every = "every sampled client" if policy == "skip" else who
+    print(f"fedmpi: error: round {round_}: {every} produced a non-finite update (NaN/Inf): the run diverged and "
+          f"ends here; summary.json records it, model.pt holds the weights of round {round_ - 1}. Lower lr"
+          f"{', or pass --on-bad-update skip to drop such clients' if policy == 'abort' else ''} "
+          f"(exit status {DIVERGED})", file=sys.stderr, flush=True)
 
 
 def _stopped(code: int, server, run_dir: Path, round_: int) -> int:

@@ -16,7 +16,6 @@ import torch
 
 from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
-from fedmpi.errors import FedMPIError
 from fedmpi.algorithms.algorithm import Algorithm
 from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
@@ -37,6 +36,7 @@ class Server:
         self.history: list[dict] = []
         self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
         self.target_round: int | None = None  # the round whose weights reached cfg.target_accuracy
+        self.diverged: dict | None = None  # {"round", "clients"}: the round a non-finite update ended
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
             self.history = [r for r in history if r["round"] < resume.round]
@@ -69,14 +69,19 @@ class Server:
                 return
         if step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
+            if self.diverged:
+                return
             every = self.cfg.checkpoint_every
             if step + 1 == self.cfg.rounds or (every and (step + 1) % every == 0):
                 self.checkpoint(step + 1)
 
-    def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict:
+    def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict | None:
+        """The server step of round_, or None when a non-finite client update ends the run as
+        diverged (on_bad_update = "abort", or every client's update non-finite)."""
         skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
-        if sums["n"] == 0:
-            raise FedMPIError(f"round {round_}: every sampled client sent a non-finite update; lower lr")
+        if skipped and (self.cfg.on_bad_update == "abort" or sums["n"] == 0):
+            self.diverged = {"round": round_, "clients": skipped}
+            return None
         gains = self.algorithm.server_step(self.weights, sums.delta_sum(), sums["weight"], sums.extra, round_,
                                            sampled)
         record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
@@ -108,6 +113,7 @@ class Server:
             "final_test_accuracy": final.get("test_accuracy"),
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),
+            **({"diverged": self.diverged} if self.diverged else {}),
             "ranks": self.num_ranks,
             "workers": self.num_workers,
             **({"epsilon": next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0),

@@ -36,13 +36,14 @@ from pathlib import Path
 import tomli_w
 
 from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
-from fedmpi.errors import FedMPIError
+from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.runfolder import hold_lock
 
 SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
 SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
-# Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
+FINISHED = ("complete", "diverged")  # states the sweep does not run again
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
 LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed",
           "algorithm": "", "server_optimizer": "", "server_lr": "slr", "prox_mu": "mu", "server_momentum": "beta",
           "dp_noise_multiplier": "z", "dp_clip": "S"}
@@ -122,8 +123,9 @@ def run_name(point: dict, varying: list[str]) -> str:
 
 
 def status(run: Run) -> str:
-    """complete | partial (has a checkpoint) | new. An unreadable summary (a run of an older fedmpi
-    stopped while writing it) means not complete: the run is resumed, which rewrites it."""
+    """complete | diverged (ended by a non-finite update: an outcome too) | partial (has a
+    checkpoint) | new. An unreadable summary (a run of an older fedmpi stopped while writing it)
+    means not complete: the run is resumed, which rewrites it."""
     folder = run.folder()
     summary = folder / "summary.json"
     if summary.exists() and (folder / "config.toml").exists():
@@ -137,6 +139,8 @@ def status(run: Run) -> str:
         defaults = asdict(RunConfig())
         same = all(recorded.get(k, defaults[k]) == run.config[k] for k in FIELD_NAMES
                    if k not in NON_SEMANTIC or k in ("rounds", "target_accuracy"))
+        if same and done.get("diverged"):
+            return "diverged"
         if same and (done.get("rounds") == run.config["rounds"] or done.get("target_round") is not None):
             return "complete"
     return "partial" if (folder / "checkpoint.h5").exists() else "new"
@@ -181,8 +185,8 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job itself (same process group)
     for i, run in enumerate(runs, 1):
         state = status(run)
-        if state == "complete":
-            print(f"sweep: [{i}/{len(runs)}] {run.name}: complete, skipped", flush=True)
+        if state in FINISHED:
+            print(f"sweep: [{i}/{len(runs)}] {run.name}: {state}, skipped", flush=True)
             continue
         if stop:
             print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
@@ -195,19 +199,22 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         if code in (75, 130):
             print(f"sweep: stopped during {run.name} (exit {code}); run the same command to go on", flush=True)
             return code
-        if code:
+        if code == DIVERGED:
+            print(f"sweep: {run.name} diverged (recorded in its summary.json); going on", flush=True)
+        elif code:
             print(f"sweep: {run.name} failed with exit status {code}", file=sys.stderr, flush=True)
             failed.append(run.name)
     if failed:
         print(f"sweep: {len(failed)} of {len(runs)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"sweep: all {len(runs)} run(s) complete", flush=True)
+    diverged = sum(status(run) == "diverged" for run in runs)
+    print(f"sweep: all {len(runs)} run(s) complete{f' ({diverged} diverged)' if diverged else ''}", flush=True)
     return 0
 
 
 def submit_array(settings: dict, runs: list[Run], paths: dict[str, Path], sbatch_args: list[str]) -> int:
     """One SLURM array job of jobs/fedavg.sbatch, task i running the i-th unfinished run."""
-    todo = [r for r in runs if status(r) != "complete"]
+    todo = [r for r in runs if status(r) not in FINISHED]
     if not todo:
         print(f"sweep: all {len(runs)} run(s) complete; nothing to submit", flush=True)
         return 0

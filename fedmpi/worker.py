@@ -21,7 +21,6 @@ import torch
 from fedmpi.algorithms.algorithm import Algorithm
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
-from fedmpi.errors import FedMPIError
 from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
 from fedmpi.engine.inputs import inputs_for
 from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker
@@ -91,7 +90,7 @@ class Worker:
                 self.algorithm.correction(extra, stack, device, dtype))
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
-                self._add(round_, mine[slot], slot, deltas[row], losses[row], extra, sums)
+                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums)
         sums.add("train_seconds", time.perf_counter() - t)
 
     def data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,14 +106,11 @@ class Worker:
             self.clients[k] = pair
         return self.clients[k]
 
-    def _add(self, round_: int, k: int, slot: int, delta: torch.Tensor, loss: float, extra: np.ndarray,
+    def _add(self, k: int, slot: int, delta: torch.Tensor, loss: float, extra: np.ndarray,
              sums: RoundSums) -> None:
         """Client k's update Δ_k (float64) into the round's sums (as its algorithm says), or its 'bad
-        update' flag."""
+        update' flag (rank 0 then skips the client or ends the run as diverged: on_bad_update)."""
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
-            if self.cfg.on_bad_update == "abort":
-                raise FedMPIError(f"round {round_}: client {k} produced a non-finite update (NaN/Inf); "
-                                  "lower lr, or pass --on-bad-update skip to drop such clients")
             sums.bad[slot] = 1.0
             return
         n = int(self.fed.sizes[k])

@@ -81,13 +81,17 @@ def client_hook(when: str, action: str) -> str:
 import signal, sys
 from mpi4py import MPI
 import fedmpi.worker
-original = fedmpi.worker.Worker._add  # called with each trained client's update Δ_k
-def hooked(self, round_, k, slot, delta, *args):
-    rank = MPI.COMM_WORLD.rank
+original_step = fedmpi.worker.Worker.step  # called with each round's number
+original_add = fedmpi.worker.Worker._add  # called with each trained client's update Δ_k
+def step(self, weights, extra, round_, *args):
+    self.hooked_round = round_
+    return original_step(self, weights, extra, round_, *args)
+def add(self, k, slot, delta, *args):
+    rank, round_ = MPI.COMM_WORLD.rank, self.hooked_round
     if {when}:
         {action}
-    return original(self, round_, k, slot, delta, *args)
-fedmpi.worker.Worker._add = hooked
+    return original_add(self, k, slot, delta, *args)
+fedmpi.worker.Worker.step, fedmpi.worker.Worker._add = step, add
 from fedmpi.cli import main
 sys.exit(main())
 """

@@ -1,8 +1,10 @@
-"""A client whose update is NaN/Inf aborts the job naming round and client, or, with
---on-bad-update skip, is left out of the average (weights renormalised) and recorded."""
+"""A client whose update is NaN/Inf ends the run as diverged (exit 3, recorded, the last finite
+weights kept), or, with --on-bad-update skip, is left out of the average (weights renormalised) and
+recorded; a sweep records a diverged run and does not run it again."""
+import json
 
 from fedmpi.metrics import read_metrics
-from helpers import client_hook, final_weights, launch
+from helpers import MPIEXEC, client_hook, final_weights, launch
 import numpy as np
 
 from test_fedavg_reference import FLOAT64, TOL, seq_fedavg
@@ -12,12 +14,18 @@ FLAGS = ["--fraction", "1.0", "--epochs", "1", "--batch-size", "200", "--lr", "0
          "--seed", "2", *FLOAT64]
 
 
-def test_a_non_finite_update_aborts_naming_round_and_client(federation, tmp_path):
-    r = launch(3, ["--data", str(federation(clients=10)), "--out", str(tmp_path / "run"), *FLAGS],
-               script=POISON_CLIENT_3_IN_ROUND_1, timeout=120)
-    assert r.returncode != 0
-    assert "round 1: client 3 produced a non-finite update" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_a_non_finite_update_ends_the_run_as_diverged_keeping_the_last_finite_weights(federation, tmp_path):
+    fed, run = federation(clients=10), tmp_path / "run"
+    r = launch(3, ["--data", str(fed), "--out", str(run), *FLAGS, "--rounds", "3"],
+               script=client_hook("(round_, k) == (2, 3)", 'delta[7] = float("nan")'), timeout=120)
+    assert r.returncode == 3, f"{r.stdout}\n{r.stderr}"
+    assert "fedmpi: error: round 2: client 3 produced a non-finite update" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "Abort" not in r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["diverged"] == {"round": 2, "clients": [3]} and summary["rounds"] == 1
+    assert [rec["round"] for rec in read_metrics(run)] == [0, 1]
+    expected = seq_fedavg(fed, "2nn", 1.0, 1, 200, 0.05, rounds=1, seed=2)  # w_1: round 2 never applied
+    assert np.abs(final_weights(run) - expected).max() < TOL
 
 
 def test_skip_drops_the_bad_client_and_renormalises(federation, tmp_path):
@@ -30,3 +38,17 @@ def test_skip_drops_the_bad_client_and_renormalises(federation, tmp_path):
     assert np.abs(final_weights(tmp_path / "run") - expected).max() < TOL
     # Keeping client 3 would be far outside that tolerance, so the check can fail.
     assert np.abs(seq_fedavg(fed, "2nn", 1.0, 1, 200, 0.05, rounds=1, seed=2) - expected).max() > 1e-5
+
+
+def test_a_sweep_records_a_diverged_run_goes_on_and_does_not_rerun_it(federation, tmp_path):
+    from test_sweep import BASE, listing, sweep, write_sweep
+    sweep_file = write_sweep(tmp_path / "s.toml", tmp_path / "out", {**BASE, "data": str(federation())},
+                             grid={"lr": [1e6, 0.1]})  # 1e6: the first client's loss overflows
+    r = sweep(sweep_file, "--launcher", f"{MPIEXEC} -n 2")
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert "sweep: lr1e+06 diverged (recorded in its summary.json); going on" in r.stdout, r.stdout
+    assert "sweep: all 2 run(s) complete (1 diverged)" in r.stdout
+    assert "fedmpi: error: round 1: client" in r.stderr
+    assert [row[:2] for row in listing(sweep_file)] == [["lr1e+06", "diverged"], ["lr0.1", "complete"]]
+    again = sweep(sweep_file, "--launcher", f"{MPIEXEC} -n 2")
+    assert again.returncode == 0 and "sweep: [1/2] lr1e+06: diverged, skipped" in again.stdout, again.stdout
