@@ -26,7 +26,7 @@ FLAG_HELP = {
     "out": "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
     "eval_every": "evaluate the global model every N rounds (always the last)",
     "checkpoint_every": "write a checkpoint every N rounds (always the last)",
-    "on_bad_update": "abort | skip: what a client's NaN/Inf update does",
+    "on_bad_update": "abort (end the run as diverged, exit 3) | skip (leave the client out): a NaN/Inf update",
     "device": "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
     "threads": "torch threads per rank (0 = OMP_NUM_THREADS, else the rank's CPU binding, "
                "else node cores / worker ranks)",

@@ -40,7 +40,7 @@ class RunConfig:
     out: str = "runs/fedavg"    # run folder
     eval_every: int = 1         # evaluate the global model every N rounds (and the last)
     checkpoint_every: int = 10  # write checkpoint.h5 every N rounds (and the last); 0 = only at the end
-    on_bad_update: str = "abort"  # abort | skip: what a non-finite client update does
+    on_bad_update: str = "abort"  # abort (end the run as diverged) | skip: what a non-finite client update does
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     threads: int = 0            # torch threads per rank; 0 = OMP_NUM_THREADS, else CPU binding, else cores / workers
     target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
