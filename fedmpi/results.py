@@ -8,6 +8,7 @@ other optimizers than FedAvg get a column naming theirs.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dataclasses import asdict
@@ -24,8 +25,8 @@ ALGORITHM = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD"}
 
 
 def run_result(run: Path, target: float | None = None) -> dict | None:
-    """The run's setting, its first round at or above the target, best accuracy and time;
-    None for a run that has not evaluated a round yet (just started)."""
+    """The run's setting, its first round at or above the target, best accuracy, time and the round
+    it diverged in (summary.json); None for a run that has not evaluated a round yet (just started)."""
     if not (run / "config.toml").is_file():
         raise FedMPIError(f"{run}: not a run folder (no config.toml)")
     cfg = {**asdict(RunConfig()), **read_toml(str(run / "config.toml"))}  # fields added since: defaults
@@ -37,9 +38,11 @@ def run_result(run: Path, target: float | None = None) -> dict | None:
     if not evaluated:
         return None
     hit = next((r["round"] for r in evaluated if r["test_accuracy"] >= target), None)
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     return {**{k: cfg[k] for k in (*SETTING, *TUNED, "seed")}, "run": str(run), "target": target,
             "rounds_to_target": hit, "best_accuracy": max(r["test_accuracy"] for r in evaluated),
-            "rounds_run": records[-1]["round"], "train_seconds": sum(r.get("seconds", 0.0) for r in records)}
+            "rounds_run": records[-1]["round"], "train_seconds": sum(r.get("seconds", 0.0) for r in records),
+            "diverged": (summary.get("diverged") or {}).get("round")}
 
 
 def best_lr(results: list[dict]) -> list[dict]:
@@ -76,7 +79,8 @@ def markdown(results: list[dict]) -> str:
             "rounds to target", "best acc.", "rounds run", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        reached = r["rounds_to_target"] if r["rounds_to_target"] is not None else f"not in {r['rounds_run']}"
+        reached = (r["rounds_to_target"] if r["rounds_to_target"] is not None else
+                   f"diverged in round {r['diverged']}" if r["diverged"] else f"not in {r['rounds_run']}")
         grid_cell = (tuned(r) if optimizers else ", ".join(f"{x:g}" for x in r["grid"]["lr"])) if grid else None
         cells = [Path(r["data"]).name, r["model"], *([optimizer(r)] if optimizers else []), f"{r['fraction']:g}",
                  r["epochs"], r["batch_size"] or "∞", f"{r['lr']:g}", *([grid_cell] if grid else []), r["seed"],

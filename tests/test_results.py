@@ -4,8 +4,8 @@ The run folders are made by hand (config.toml from fedmpi.config.RunConfig field
 chosen accuracies), so every number in the table is known in advance: rounds to target = the first
 round whose test accuracy is >= the target; --best-lr keeps per setting and seed the lr with the fewest
 rounds to target (an lr that never reaches it loses; ties go to the higher best accuracy); an unreached
-target reads "not in N" with N the last round run. The table's Markdown rows are parsed and compared
-with those hand-computed values.
+target reads "not in N" with N the last round run, or "diverged in round N" where summary.json
+says so. The table's Markdown rows are parsed and compared with those hand-computed values.
 """
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def test_target_flag_overrides_the_runs_own_target(capsys, sweep_folder):
                                                                           ("0.2", "85 %", "1")]
     rows = table(capsys, *runs, "--target", "0.96")
     assert [r["rounds to target"] for r in rows] == ["not in 5", "not in 5"]
+
+
+def test_a_diverged_run_says_so(capsys, tmp_path):
+    run = make_run(tmp_path / "r", [0.1, 0.5, 0.6], lr=0.3, target_accuracy=0.9)
+    (run / "summary.json").write_text(json.dumps({"rounds": 2, "diverged": {"round": 3, "clients": [4, 7]}}))
+    assert [r["rounds to target"] for r in table(capsys, run)] == ["diverged in round 3"]
 
 
 def test_a_run_without_target_needs_the_flag(capsys, tmp_path):
