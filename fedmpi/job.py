@@ -169,10 +169,9 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
 
 def _report_divergence(diverged: dict, policy: str) -> None:
     round_, clients = diverged["round"], diverged["clients"]
-    who = (f"client {clients[0]}" if len(clients) == 1 else
-           f"clients {', '.join(map(str, clients[:5]))}{f' and {len(clients) - 5} more' if len(clients) > 5 else ''}")
-    every = "every sampled client" if policy == "skip" else who
-    print(f"fedmpi: error: round {round_}: {every} produced a non-finite update (NaN/Inf): the run diverged and "
+    listed = ", ".join(map(str, clients[:5])) + (f" and {len(clients) - 5} more" if len(clients) > 5 else "")
+    who = "every sampled client" if policy == "skip" else f"client{'s' if len(clients) > 1 else ''} {listed}"
+    print(f"fedmpi: error: round {round_}: {who} produced a non-finite update (NaN/Inf): the run diverged and "
           f"ends here; summary.json records it, model.pt holds the weights of round {round_ - 1}. Lower lr"
           f"{', or pass --on-bad-update skip to drop such clients' if policy == 'abort' else ''} "
           f"(exit status {DIVERGED})", file=sys.stderr, flush=True)

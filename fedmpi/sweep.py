@@ -174,7 +174,7 @@ def die_with_parent() -> None:
 
 def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) -> int:
     """Run the unfinished runs one after another; stop at a stop request, go on past failures."""
-    failed, child, stop = [], None, []
+    failed, diverged, child, stop = [], [], None, []
 
     def forward(signum, frame):  # SLURM's USR1 / TERM: the running job checkpoints and exits 75
         stop.append(signum)
@@ -187,6 +187,7 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         state = status(run)
         if state in FINISHED:
             print(f"sweep: [{i}/{len(runs)}] {run.name}: {state}, skipped", flush=True)
+            diverged += [run.name] if state == "diverged" else []
             continue
         if stop:
             print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
@@ -201,14 +202,14 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
             return code
         if code == DIVERGED:
             print(f"sweep: {run.name} diverged (recorded in its summary.json); going on", flush=True)
+            diverged.append(run.name)
         elif code:
             print(f"sweep: {run.name} failed with exit status {code}", file=sys.stderr, flush=True)
             failed.append(run.name)
     if failed:
         print(f"sweep: {len(failed)} of {len(runs)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    diverged = sum(status(run) == "diverged" for run in runs)
-    print(f"sweep: all {len(runs)} run(s) complete{f' ({diverged} diverged)' if diverged else ''}", flush=True)
+    print(f"sweep: all {len(runs)} run(s) complete{f' ({len(diverged)} diverged)' if diverged else ''}", flush=True)
     return 0
 
 
