@@ -187,7 +187,8 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         state = status(run)
         if state in FINISHED:
             print(f"sweep: [{i}/{len(runs)}] {run.name}: {state}, skipped", flush=True)
-            diverged += [run.name] if state == "diverged" else []
+            if state == "diverged":
+                diverged.append(run.name)
             continue
         if stop:
             print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
