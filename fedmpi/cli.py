@@ -45,6 +45,8 @@ FLAG_HELP = {
     "dp_clip": "DP-FedAvg: clip each client's update to this L2 norm (0 = no DP)",
     "dp_noise_multiplier": "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
     "dp_delta": "DP-FedAvg: δ of the (ε, δ) written every round",
+    "setup_timeout": "seconds set-up may take (imports, model, shards) before the job ends with one line "
+                     "naming the ranks that had not finished; 0 = no limit",
 }
 
 
@@ -59,53 +61,50 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def user_message(error: BaseException) -> str | None:
-    """The one-line message of a setup error the user can fix, or None for a bug.
-
-    Besides FedMPIError, an OSError about a named path (not a directory, permission denied, ...)
-    is the user's to fix, and its path and reason say all there is to say.
-    """
-    if isinstance(error, FedMPIError):
-        return str(error)
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        return f"{error.filename}: {error.strerror}"
-    return None
-
-
 def main(argv=None) -> int:
+    from fedmpi.config import DEFAULT_SETUP_TIMEOUT_S
     from fedmpi.signals import StopRequests
+    from fedmpi.startup import Startup
 
     stops = StopRequests()  # first: a SLURM signal during the imports must not kill the job
+    startup = Startup(stops, DEFAULT_SETUP_TIMEOUT_S)  # every rank agrees on set-up, which never hangs
     from fedmpi.comm import Comm, omp_threads
     from fedmpi.config import build_config
     from fedmpi.data import Federation
     from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
 
-    comm = Comm()
-    folder = None
+    comm = startup.comm = Comm()
+    startup.begin("reading the config and the federation")
+    error = None
     try:  # before torch is imported: a typo, or a run folder in use, is answered in a second
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
-            args = parse_args(argv)  # --help: printed by rank 0 only
+            try:
+                args = parse_args(argv)
+            except SystemExit as e:  # --help, printed by rank 0 only: every rank parses alike and ends here
+                return e.code or 0
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
+        startup.timeout_s = cfg.setup_timeout
         omp_threads()
         comm.set_workers(cfg.workers_per_node)
         fed = Federation(cfg.data)
         if comm.is_server:
-            folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
-        error = None
-    except Exception as e:  # agreed on below, so that no rank waits for one that failed
+            startup.folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
+    except BaseException as e:  # agreed on below (SystemExit and KeyboardInterrupt too): no rank waits for it
         error = e
-    if report_setup_error(comm, error):
-        return 2
-    try:
-        from fedmpi.job import prepare, train
-        setup = prepare(cfg, fed, comm, folder, args.resume)
-    except Exception as e:
-        error = e
-    if report_setup_error(comm, error):
-        if folder:
-            folder.release_unused()
-        return 2
+    status = startup.agree(error)
+    if status is None:
+        try:
+            startup.begin("importing torch")
+            from fedmpi.job import prepare, train
+            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin)
+        except BaseException as e:
+            error = e
+        status = startup.agree(error)
+    if status is not None:
+        if startup.folder:
+            startup.folder.release_unused()
+        return status
+    startup.finish()
     try:
         return train(setup, comm, stops)
     except FedMPIError as e:
@@ -115,16 +114,3 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"fedmpi: rank {comm.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         comm.abort(1)
-
-
-def report_setup_error(comm, error: Exception | None) -> bool:
-    """Agree with every rank whether setup failed; the first failing rank prints its error. True if one did."""
-    first = comm.first_failing_rank(error is not None)
-    if first is None:
-        return False
-    if comm.rank == first:
-        message = user_message(error)
-        if message is None:  # a bug: keep its traceback
-            traceback.print_exception(error)
-        print(f"fedmpi: error: {message or error}", file=sys.stderr, flush=True)
-    return True

@@ -101,22 +101,18 @@ class Comm:
 
     def bcast(self, array: np.ndarray) -> float:
         """Broadcast rank 0's array into every rank's array; returns seconds spent."""
-        return self._wait(self.world.Ibcast(array, root=0))
+        return self.wait(self.world.Ibcast(array, root=0))
 
     def reduce_sum(self, pairs: np.ndarray) -> float:
         """Sum every rank's (n, 2) float64 array of double-doubles (hi, lo) into rank 0's, in place;
         returns seconds spent."""
         message = [pairs, len(pairs), DOUBLE_DOUBLE]
         send = MPI.IN_PLACE if self.is_server else message
-        return self._wait(self.world.Ireduce(send, message if self.is_server else None, op=DD_SUM, root=0))
-
-    def first_failing_rank(self, failed: bool) -> int | None:
-        """Agree on the lowest rank that failed (None if none did), so one rank reports a setup error."""
-        first = self.world.allreduce(self.rank if failed else self.size, op=MPI.MIN)
-        return None if first == self.size else first
+        return self.wait(self.world.Ireduce(send, message if self.is_server else None, op=DD_SUM, root=0))
 
     @staticmethod
-    def _wait(request) -> float:
+    def wait(request) -> float:
+        """Poll a non-blocking MPI request until it completes (sleeping as above); seconds spent."""
         start = time.perf_counter()
         delay = 1e-5
         while not request.Test():

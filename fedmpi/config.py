@@ -23,6 +23,9 @@ PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 MAX_THREADS = 4096
 MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
+# Set-up (imports, model, shards; docs/reliability.md) takes seconds to a few minutes even at K = 10^6
+# on a parallel file system; ten minutes is far beyond that, yet well within a batch job's time.
+DEFAULT_SETUP_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -58,6 +61,7 @@ class RunConfig:
     dp_clip: float = 0.0        # DP-FedAvg: clip each client's update to this L2 norm; 0 = no DP
     dp_noise_multiplier: float = 0.0  # DP-FedAvg: noise std = this × dp_clip, on the sum of updates
     dp_delta: float = 1e-5      # DP-FedAvg: the δ of the (ε, δ) reported every round
+    setup_timeout: float = DEFAULT_SETUP_TIMEOUT_S  # seconds set-up may take before the job ends; 0 = no limit
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -71,7 +75,7 @@ FIELD_NAMES = [f.name for f in fields(RunConfig)]
 # Fields that do not change the computed result; a resumed run may differ in them
 # (the federation itself is pinned by its manifest sha256, not by its path).
 NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy",
-                "workers_per_node", "stack_clients"}
+                "workers_per_node", "stack_clients", "setup_timeout"}
 
 
 def _parse_batch_size(value):
@@ -166,6 +170,8 @@ def validate(cfg: RunConfig) -> None:
         bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
     if cfg.workers_per_node < 0:
         bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
+    if not (math.isfinite(cfg.setup_timeout) and cfg.setup_timeout >= 0):
+        bad("setup_timeout", f"must be a number of seconds >= 0 (0 = no limit), got {cfg.setup_timeout}")
     if not 0 <= cfg.threads <= MAX_THREADS:
         bad("threads", f"must lie in 0..{MAX_THREADS} (0 = automatic), got {cfg.threads}")
     for field in ("data", "out"):

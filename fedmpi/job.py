@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +62,23 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
     return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
 
 
-def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool) -> Setup:
+def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool,
+            begin: Callable[[str], None]) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem.
 
-    `folder` is the run folder rank 0 claimed (None on other ranks)."""
+    `folder` is the run folder rank 0 claimed (None on other ranks); `begin` names each stage
+    (startup.Startup.begin), for the line that ends a set-up that hangs."""
     if comm.num_workers > fed.num_clients:
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
     checkpoint, history = None, []
     if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
+        begin("reading the checkpoint")
         checkpoint = load_checkpoint(run_dir, with_weights=True)
         history = read_metrics(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
         check_compatible(checkpoint, cfg, fed.fingerprint, run_dir / CHECKPOINT, history)
+    begin("building the model")
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
@@ -82,6 +87,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
                           flat.logical_order().numpy())
     worker = None
     if comm.is_worker:
+        begin("loading the shards")
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
         worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
     return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history)

@@ -11,12 +11,13 @@ import signal
 
 REQUEUE = 75
 INTERRUPTED = 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequests:
     def __init__(self):
         self.exit_code = 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):

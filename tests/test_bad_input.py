@@ -382,6 +382,7 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("lr = 1e39 (beyond float32)", "--lr", "1e39", ["'lr'", "at most 1e+06", "1e+39"]),
     ("precision float16", "--precision", "float16", ["'precision'", "float32, float64"]),
     ("stack_clients = -1", "--stack-clients", "-1", ["'stack_clients'", ">= 0"]),
+    ("setup_timeout = -1", "--setup-timeout", "-1", ["'setup_timeout'", ">= 0"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
@@ -398,6 +399,11 @@ for _name, _model, _expect in [
     ("user model builder raises", "user_models:broken_net", ["'model'", "broken_net", "needs 3 channels"]),
     ("user model is no function", "user_models:not_a_model", ["'model'", "no function not_a_model"]),
     ("user model returns no nn.Module", "user_models:layer_list", ["'model'", "returned a list", "nn.Module"]),
+    ("user model calls sys.exit on rank 2 only", "user_models:exits_on_rank_2", ["'model'", "exits_on_rank_2",
+                                                                                "SystemExit: missing dep"]),
+    ("user model calls sys.exit on every rank", "user_models:exits", ["'model'", "SystemExit: missing dep"]),
+    ("user model raises KeyboardInterrupt on rank 2 only", "user_models:interrupted_on_rank_2",
+     ["rank 2 stopped while building the model", "KeyboardInterrupt"]),
     ("model name neither built-in nor module:function", "my model", ["'model'", "unknown model 'my model'",
                                                                      "package.module:function"]),
 ]:

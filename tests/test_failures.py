@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, client_hook, final_weights, finish, launch, start_job, train, wait_for_round
+from helpers import (MPIEXEC, client_hook, final_weights, finish, launch, start, start_job, train, wait_for_round,
+                     wait_until)
 
 FLAGS = ["--rounds", "8", "--checkpoint-every", "2", "--threads", "1", "--seed", "5"]
 
@@ -108,13 +109,63 @@ def test_a_stop_request_during_a_round_stops_the_job_after_that_round(uninterrup
     assert_resumes_to(uninterrupted, federation(), out, ranks=2)
 
 
-def test_a_stop_signal_during_startup_still_checkpoints(uninterrupted, federation, tmp_path):
-    """SLURM may signal a job that is still importing torch; it must not die without a checkpoint."""
+def test_a_stop_signal_during_startup_ends_the_job_at_once_and_a_rerun_starts_afresh(uninterrupted, federation,
+                                                                                       tmp_path):
+    """SLURM may signal a job that is still importing torch: nothing has been trained, so the job ends
+    within seconds, writes nothing, and the requeued job (--resume) simply starts the run."""
     out = tmp_path / "run"
     proc = start_job(3, federation(), out, *FLAGS)
     time.sleep(0.5)
+    sent = time.monotonic()
     proc.send_signal(signal.SIGUSR1)
     stdout, stderr = finish(proc, 60)
+    assert time.monotonic() - sent < 15, f"took {time.monotonic() - sent:.1f} s"
     assert proc.returncode == 75, stdout + stderr
-    assert "stop requested; checkpoint of round 1" in stdout
-    assert_resumes_to(uninterrupted, federation(), out, ranks=3)
+    assert "during set-up" in stdout + stderr and "nothing was written" in stdout + stderr, stdout + stderr
+    assert not out.exists()
+    train(3, federation(), out, *FLAGS, "--resume")
+    np.testing.assert_array_equal(final_weights(out), final_weights(uninterrupted))
+    assert comparable(out) == comparable(uninterrupted)
+
+
+# A user's model function that never returns on rank 2 (tests/user_models.py): it marks that it has begun.
+HANGING = ["--model", "user_models:sleeps_on_rank_2", "--rounds", "1"]
+
+
+def start_hanging(fed, out, mark, *flags):
+    env = {"PYTHONPATH": str(Path(__file__).parent), "FEDMPI_TEST_MARK": str(mark)}
+    proc = start(3, ["--data", str(fed), "--out", str(out), *HANGING, *flags], env=env)
+    wait_until(proc, mark.exists, "rank 2 in the model function", timeout=60)
+    return proc
+
+
+def assert_ended_naming_rank_2(proc, since, status, expect, out, within=15):
+    stdout, stderr = finish(proc, 60)
+    seconds = time.monotonic() - since
+    assert seconds < within, f"took {seconds:.1f} s"
+    assert proc.returncode == status, stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("fedmpi:")]
+    assert len(lines) == 1, stderr
+    for part in ["(building the model)", "rank 2 had not finished it", *expect]:
+        assert part in lines[0], lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists(), "the run folder this job made is left"
+    time.sleep(1)
+    assert rank_pids(str(out)) == {}, "rank processes left"
+
+
+def test_a_stop_signal_ends_a_set_up_that_hangs_on_one_rank_within_seconds(federation, tmp_path):
+    """A rank stuck in a user's model function ignored SIGTERM; scancel and SLURM's time limit then
+    waited for SIGKILL, and nothing said which rank was stuck."""
+    out, mark = tmp_path / "run", tmp_path / "mark"
+    proc = start_hanging(federation(clients=10), out, mark)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert_ended_naming_rank_2(proc, sent, 75, ["stopped by SIGTERM during set-up"], out)
+
+
+def test_setup_timeout_ends_a_set_up_that_hangs(federation, tmp_path):
+    out, mark = tmp_path / "run", tmp_path / "mark"
+    started = time.monotonic()
+    proc = start_hanging(federation(clients=10), out, mark, "--setup-timeout", "12")
+    assert_ended_naming_rank_2(proc, started, 2, ["setup_timeout = 12 s"], out, within=12 + 8)

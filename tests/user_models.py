@@ -52,3 +52,39 @@ def bn_mlp(image_shape, num_classes):
     c, h, w = image_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 64), nn.BatchNorm1d(64), nn.ReLU(),
                          nn.Linear(64, num_classes))
+
+
+def _on_rank_2(action):
+    """A builder that runs `action` on rank 2 of an MPI job only, then builds the 2NN."""
+    def build(image_shape, num_classes):
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank == 2:
+            action()
+        return nn.Sequential(nn.Flatten(), nn.Linear(image_shape[0] * image_shape[1] * image_shape[2], num_classes))
+    return build
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def _sleep_forever():
+    """Leaves a mark (the file named by $FEDMPI_TEST_MARK) that it has begun, then never returns."""
+    import os
+    import time
+
+    open(os.environ["FEDMPI_TEST_MARK"], "w").close()
+    while True:
+        time.sleep(1)
+
+
+def exits(image_shape, num_classes):
+    import sys
+
+    sys.exit("missing dep")
+
+
+exits_on_rank_2 = _on_rank_2(lambda: exits(None, None))
+interrupted_on_rank_2 = _on_rank_2(_raise_keyboard_interrupt)
+sleeps_on_rank_2 = _on_rank_2(_sleep_forever)

@@ -46,7 +46,7 @@ def resolve(name: str):
     module_name, function = (BUILTIN[name][0] if name in BUILTIN else name).split(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 (a user's module may raise anything on import)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (a user's module may raise anything on import)
         raise FedMPIError(f"config field 'model': cannot import {module_name} ({type(e).__name__}: {e}); "
                           "is it on PYTHONPATH on every rank?") from None
     builder = getattr(module, function, None)
@@ -70,7 +70,7 @@ def build_model(name: str, input_shape, num_classes: int, seed: int):
     torch.manual_seed(seed)
     try:
         model = builder(tuple(input_shape), num_classes)
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (sys.exit in a user's function is its error too)
         raise FedMPIError(f"config field 'model': {name}{tuple(input_shape), num_classes} failed: "
                           f"{type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
