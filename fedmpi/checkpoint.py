@@ -1,7 +1,8 @@
 """Atomic, checksummed checkpoints: what a run needs to continue bit for bit after it was stopped.
 
 A checkpoint holds w_r (the weights after round r), r, the resolved config,
-the federation's fingerprint (data.Federation.fingerprint), round r's
+the federation's fingerprint (data.Federation.fingerprint), the model's
+tensor names and shapes (engine.FlatModel.signature), round r's
 metrics record that still awaits its accuracy and the algorithm's state
 (server optimizer moments, SCAFFOLD's control variates), plus a sha256 over
 all of them. DP-FedAvg's privacy ledger is (z, m/K, r): the config and r.
@@ -40,6 +41,7 @@ class Checkpoint:
     pending: dict | None
     weights: np.ndarray | None = None
     state: dict[str, np.ndarray] = field(default_factory=dict)  # the algorithm's (fedmpi.algorithms)
+    model: list | None = None  # engine.FlatModel.signature(); None in checkpoints written before it was kept
 
 
 def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray]) -> str:
@@ -51,7 +53,7 @@ def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray]) -> s
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     attrs = {"format": FORMAT, "round": ckpt.round, "config": RunConfig(**ckpt.config).to_toml(),
-             "federation": ckpt.federation, "pending": json.dumps(ckpt.pending)}
+             "federation": ckpt.federation, "pending": json.dumps(ckpt.pending), "model": json.dumps(ckpt.model)}
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         f.create_dataset("weights", data=ckpt.weights)
@@ -70,7 +72,7 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
                                   f"fedmpi writes format {FORMAT}); continue the run with the fedmpi that "
                                   "started it, or start over with --overwrite")
             attrs = {k: f.attrs[k].item() if isinstance(f.attrs[k], np.generic) else f.attrs[k]
-                     for k in ("format", "round", "config", "federation", "pending")}
+                     for k in ("format", "round", "config", "federation", "pending", "model") if k in f.attrs}
             weights = f["weights"][:]
             state = {name: f["state"][name][:] for name in f.get("state", {})}
             if _digest(weights, attrs, state) != f.attrs["sha256"]:
@@ -78,9 +80,26 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
                                   "restore a copy, or start over with --overwrite")
             return Checkpoint(round=int(attrs["round"]), config=tomllib.loads(attrs["config"]),
                               federation=str(attrs["federation"]), pending=json.loads(attrs["pending"]),
-                              weights=weights if with_weights else None, state=state)
+                              weights=weights if with_weights else None, state=state,
+                              model=json.loads(attrs.get("model", "null")))
     except (OSError, KeyError, ValueError) as e:
         raise FedMPIError(f"{path}: unreadable checkpoint ({e}); remove it to start over") from None
+
+
+def check_model(ckpt: Checkpoint, signature: list, path: Path) -> None:
+    """Refuse weights of another model: tensors named or shaped otherwise (the user's model changed)."""
+    if ckpt.model is None:  # written before checkpoints kept the model's signature: sizes at least must agree
+        if ckpt.weights is not None and len(ckpt.weights) != sum(int(np.prod(s)) for _, s in signature):
+            raise FedMPIError(f"{path}: made for another model ({len(ckpt.weights):,} values, this model has "
+                              f"{sum(int(np.prod(s)) for _, s in signature):,}); resume with the original model")
+        return
+    theirs, mine = dict((n, s) for n, s in ckpt.model), dict((n, s) for n, s in signature)
+    differing = [f"{n} {theirs.get(n, 'absent')} -> {mine.get(n, 'absent')}" for n in dict.fromkeys([*theirs, *mine])
+                 if theirs.get(n) != mine.get(n)]
+    if differing or list(theirs) != list(mine):
+        shown = "; ".join(differing[:3]) + (f" and {len(differing) - 3} more" if len(differing) > 3 else "")
+        raise FedMPIError(f"{path}: made for another model ({shown or 'its tensors in another order'}); resume "
+                          "with the original model, or start a new run with another --out")
 
 
 def check_compatible(ckpt: Checkpoint, cfg: RunConfig, fingerprint: str, path: Path, history: list[dict]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fedmpi.algorithms.algorithm import Algorithm
-from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, load_checkpoint
+from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, check_model, load_checkpoint
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
@@ -83,6 +83,8 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
     flat = FlatModel(build_model(cfg.model, fed.input_shape, fed.num_classes, cfg.seed), device, dtype)
+    if checkpoint:
+        check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
     algorithm = Algorithm(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim, flat.num_params,
                           flat.logical_order().numpy())
     worker = None
@@ -121,7 +123,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
-                        setup.resume, setup.history, algorithm)
+                        setup.resume, setup.history, algorithm, flat.signature())
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
         print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "

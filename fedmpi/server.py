@@ -25,8 +25,9 @@ from fedmpi.metrics import MetricsLog, write_json
 class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
                  num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict],
-                 algorithm: Algorithm):
+                 algorithm: Algorithm, model_signature: list):
         self.cfg = cfg
+        self.model_signature = model_signature  # engine.FlatModel.signature(), kept in checkpoints
         self.algorithm = algorithm
         self.run_dir = run_dir
         self.weights = weights
@@ -94,7 +95,8 @@ class Server:
         """Save w_round atomically; returns the seconds it took."""
         t = time.perf_counter()
         save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
-                                                 self.pending, self.weights, self.algorithm.state()))
+                                                 self.pending, self.weights, self.algorithm.state(),
+                                                 self.model_signature))
         return time.perf_counter() - t
 
     def finish(self, model: torch.nn.Module) -> None:

@@ -55,7 +55,8 @@ class Worker:
         example = self.clients.get(first) or on_device(fed.load_client(first, keep=False), flat.weights.device)
         per_example = sum(t[:1].numel() * t.element_size() for t in example)
         self.keep_files = int(fed.sizes[home].sum()) * per_example <= fed.cache_bytes  # an indexed one's: data()
-        self.engine = Engine(flat, prepare, cfg.stack_clients, example, corrected=algorithm.corrects_gradients)
+        self.engine = Engine(flat, prepare, cfg.stack_clients, example, corrected=algorithm.corrects_gradients,
+                             num_classes=fed.num_classes)
         self.start = torch.empty_like(flat.weights)
         # a float64 copy made once per round, not per client: w_k − w_t in float64 is exact.
         self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)

@@ -401,6 +401,7 @@ for _name, _model, _expect in [
     ("user model returns no nn.Module", "user_models:layer_list", ["'model'", "returned a list", "nn.Module"]),
     ("user model calls sys.exit on rank 2 only", "user_models:exits_on_rank_2", ["'model'", "exits_on_rank_2",
                                                                                 "SystemExit: missing dep"]),
+    ("user model gives 5 logits on 10 classes", "user_models:five_logits", ["'model'", "5 logits", "10 classes"]),
     ("user model calls sys.exit on every rank", "user_models:exits", ["'model'", "SystemExit: missing dep"]),
     ("user model raises KeyboardInterrupt on rank 2 only", "user_models:interrupted_on_rank_2",
      ["rank 2 stopped while building the model", "KeyboardInterrupt"]),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fedmpi.metrics import read_metrics
-from helpers import final_weights, train
+from helpers import final_weights, launch, train
 
 USER_CODE = {"PYTHONPATH": str(Path(__file__).parent)}
 FLAGS = ("--model", "user_models:bn_net", "--fraction", "0.1", "--epochs", "1", "--batch-size", "50",
@@ -43,3 +43,20 @@ def test_a_model_with_dropout_is_trained_alike_on_any_rank_count(federation, tmp
     train(3, fed, tmp_path / "p3", *flags, env=USER_CODE)
     train(2, fed, tmp_path / "p2", *flags, env=USER_CODE)
     np.testing.assert_array_equal(final_weights(tmp_path / "p3"), final_weights(tmp_path / "p2"))
+
+
+def test_resuming_with_a_changed_model_is_refused_in_one_line(federation, tmp_path):
+    """The user's model function changed between a run and its --resume (same name in the config): other
+    sizes, or the same sizes under other names, must not be read into the wrong tensors."""
+    fed, out = federation(clients=10), tmp_path / "run"
+    flags = ["--data", str(fed), "--out", str(out), "--model", "user_models:changing_net", "--rounds", "2",
+             "--checkpoint-every", "1"]
+    train(0, fed, out, *flags[4:], env={**USER_CODE, "HIDDEN": "50"}, timeout=120)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for change, expect in [({"HIDDEN": "60"}, "1.weight [50, 784] -> [60, 784]"),
+                           ({"NAMES": "named"}, "1.weight [50, 784] -> absent")]:
+        r = launch(0, [*flags, "--rounds", "3", "--resume"], env={**USER_CODE, **change}, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert "made for another model" in lines[0] and expect in lines[0], lines[0]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before

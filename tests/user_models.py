@@ -88,3 +88,24 @@ def exits(image_shape, num_classes):
 exits_on_rank_2 = _on_rank_2(lambda: exits(None, None))
 interrupted_on_rank_2 = _on_rank_2(_raise_keyboard_interrupt)
 sleeps_on_rank_2 = _on_rank_2(_sleep_forever)
+
+
+def five_logits(image_shape, num_classes):
+    """Five outputs whatever the federation's classes: a mistake set-up must catch, not round 1."""
+    c, h, w = image_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 5))
+
+
+def changing_net(image_shape, num_classes):
+    """What a user edits between a run and its --resume: $HIDDEN units, in $NAMES-named layers
+    (`seq`: nn.Sequential's 1, 3; `named`: hidden, out: the same shapes under other names)."""
+    import os
+
+    c, h, w = image_shape
+    hidden = int(os.environ.get("HIDDEN", "50"))
+    layers = [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    if os.environ.get("NAMES", "seq") == "seq":
+        return nn.Sequential(*layers)
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(zip(["flatten", "hidden", "relu", "out"], layers)))

@@ -86,12 +86,13 @@ class Engine:
     """Trains one worker's clients of a model (a FlatModel on the worker's device)."""
 
     def __init__(self, flat: FlatModel, prepare, stack_clients: int, example: tuple[torch.Tensor, torch.Tensor],
-                 corrected: bool = False):
+                 corrected: bool = False, num_classes: int | None = None):
         """`corrected`: clients train on corrected gradients (FedProx, SCAFFOLD), which need every step's
-        parameters in the stack's rows, so the fused MLP step, which keeps its own copies, is not used."""
+        parameters in the stack's rows, so the fused MLP step, which keeps its own copies, is not used.
+        `num_classes`: the logits each example must get (the federation's classes or vocabulary)."""
         self.flat = flat
         self.prepare = prepare
-        self._check(*example)
+        self._check(*example, num_classes)
         # Stacks of unequal sizes need masked steps, which BatchNorm's batch statistics would not respect.
         self.masked = not flat.buffer_names
         device = flat.weights.device.type
@@ -112,13 +113,18 @@ class Engine:
             else None
 
     @torch.no_grad()
-    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The model takes these examples and gives one row of logits per target, or a one-line FedMPIError."""
+    def _check(self, x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> None:
+        """The model takes these examples and gives one row of num_classes logits per target, or a
+        one-line FedMPIError."""
         self.flat.model.eval()  # in training mode BatchNorm would fold these examples into its statistics
         try:
             logits = self.flat.model(self.prepare(x[:2]))
-            why = None if logits.shape[:-1] == y[:2].shape else \
-                f"it gives logits of shape {list(logits.shape)} for targets of shape {list(y[:2].shape)}"
+            why = None
+            if logits.shape[:-1] != y[:2].shape:
+                why = f"it gives logits of shape {list(logits.shape)} for targets of shape {list(y[:2].shape)}"
+            elif num_classes is not None and logits.shape[-1] != num_classes:
+                why = (f"it gives {logits.shape[-1]} logits per example, but the federation has {num_classes} "
+                       "classes (or a vocabulary of that size)")
         except Exception as e:  # noqa: BLE001 (a user's model may raise anything)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         self.flat.model.train()

@@ -39,6 +39,11 @@ class FlatModel:
                 self.view(self.weights, name).copy_(t)
         self.bind(self.weights)
 
+    def signature(self) -> list:
+        """[name, shape] of every tensor in the flat state, in its order: what a checkpoint's weights
+        mean (a checkpoint of another model is refused by it, not read into the wrong tensors)."""
+        return [[name, list(shape)] for name, (_, shape, _) in self.layout.items()]
+
     def view(self, flat: torch.Tensor, name: str) -> torch.Tensor:
         offset, shape, strides = self.layout[name]
         return flat.as_strided(shape, strides, flat.storage_offset() + offset)
