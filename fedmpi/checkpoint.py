@@ -116,6 +116,12 @@ def check_compatible(ckpt: Checkpoint, cfg: RunConfig, fingerprint: str, path: P
     if differing:
         raise FedMPIError(f"{path}: made with another config ({'; '.join(differing)}); "
                           "resume with the original values or start a new run with another --out")
+    missing = sorted(set(range(ckpt.round)) - {r["round"] for r in history})
+    if missing:
+        span = f"{missing[0]}" if len(missing) == 1 else f"{missing[0]}..{missing[-1]} ({len(missing)} rounds)"
+        raise FedMPIError(f"{path}: metrics.jsonl lacks the records of round {span} before the checkpoint's "
+                          f"round {ckpt.round} (the file was cut or edited); restore it, or start over with "
+                          "--overwrite")
     if ckpt.round > cfg.rounds:
         raise FedMPIError(f"{path}: the checkpoint is at round {ckpt.round}, beyond rounds = {cfg.rounds}")
     target = cfg.target_accuracy

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from fedmpi.errors import FedMPIError
@@ -24,6 +25,15 @@ class MetricsLog:
         except OSError as e:
             raise cannot_write(self.path, e) from None
         print(console_line(record, self.total_rounds), flush=True)
+
+    def sync(self) -> None:
+        """Make the records written so far durable: called before each checkpoint, so that a crash can
+        never leave a checkpoint that is ahead of the records (a resume keeps those before it)."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
 
     def close(self) -> None:
         self.file.close()

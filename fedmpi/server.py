@@ -94,6 +94,7 @@ class Server:
     def checkpoint(self, round_: int) -> float:
         """Save w_round atomically; returns the seconds it took."""
         t = time.perf_counter()
+        self.log.sync()
         save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
                                                  self.pending, self.weights, self.algorithm.state(),
                                                  self.model_signature))

@@ -92,6 +92,18 @@ def test_a_damaged_metrics_line_is_refused_naming_it(stopped_at_2, federation, t
     assert plot.returncode == 2 and "line 2 is damaged" in plot.stderr and "Traceback" not in plot.stderr
 
 
+def test_metrics_that_lack_rounds_before_the_checkpoint_are_refused(stopped_at_2, federation, tmp_path):
+    """Records are fsynced before each checkpoint, so a crash cannot leave the checkpoint ahead of them;
+    a file cut by hand (or by a crash under a fedmpi that did not sync yet) is refused, not continued
+    with a gap that summary.json would be computed over."""
+    run = copy_of(stopped_at_2, tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines][:2] == [0, 1]
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # round 0 only; the checkpoint is round 2's
+    r = launch(0, ["--data", str(federation(clients=10)), "--out", str(run), *FLAGS, "--resume"], timeout=60)
+    one_error_line(r, "metrics.jsonl lacks the records of round 1 before the checkpoint's round 2")
+
+
 def test_a_torn_summary_does_not_stop_the_sweep(uninterrupted, federation, tmp_path):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(f'out = "{tmp_path / "out"}"\nranks = 1\n[base]\ndata = "{federation(clients=10)}"\n'
