@@ -131,7 +131,7 @@ def test_the_same_data_prep_command_again_resumes_the_checkpoints_of_the_first(f
     np.testing.assert_array_equal(final_weights(run), final_weights(uninterrupted))
 
 
-def test_toml_batch_size_inf_is_the_whole_local_set(federation, tmp_path):
+def test_batch_size_inf_or_beyond_every_client_is_the_whole_local_set(federation, tmp_path):
     """README: batch_size = inf (B = ∞). In TOML `inf` is a float; it used to be refused as "expected int"."""
     config = tmp_path / "job.toml"
     config.write_text(f'data = "{federation(clients=10)}"\nout = "{tmp_path / "inf"}"\nbatch_size = inf\n'
@@ -139,6 +139,10 @@ def test_toml_batch_size_inf_is_the_whole_local_set(federation, tmp_path):
     assert launch(0, ["--config", str(config)], timeout=60).returncode == 0
     train(0, federation(clients=10), tmp_path / "zero", "--batch-size", "0", "--rounds", "1", "--threads", "1")
     np.testing.assert_array_equal(final_weights(tmp_path / "inf"), final_weights(tmp_path / "zero"))
+    # A B beyond the largest client (6,000 examples) is B = ∞ too; its steps were padded to B rows
+    # (B = 10^5 took 6.9 GB; 10^7 would need 30 GB).
+    train(0, federation(clients=10), tmp_path / "huge", "--batch-size", str(10**7), "--rounds", "1", "--threads", "1")
+    np.testing.assert_array_equal(final_weights(tmp_path / "huge"), final_weights(tmp_path / "zero"))
 
 
 def test_data_prep_stopped_by_sigterm_leaves_no_half_written_folder(tmp_path):
