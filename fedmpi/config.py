@@ -73,9 +73,10 @@ class RunConfig:
 
 FIELD_NAMES = [f.name for f in fields(RunConfig)]
 # Fields that do not change the computed result; a resumed run may differ in them
-# (the federation itself is pinned by its manifest sha256, not by its path).
+# (the federation itself is pinned by its manifest sha256, not by its path). stack_clients is not
+# one: stacked through vmap, a CNN's step rounds otherwise on a CPU than one client at a time.
 NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy",
-                "workers_per_node", "stack_clients", "setup_timeout"}
+                "workers_per_node", "setup_timeout"}
 
 
 def _parse_batch_size(value):
@@ -179,6 +180,8 @@ def validate(cfg: RunConfig) -> None:
             getattr(cfg, field).encode("utf-8")
         except UnicodeEncodeError:
             bad(field, f"the path {getattr(cfg, field)!r} is not valid UTF-8; choose a name in UTF-8")
+        if "\0" in getattr(cfg, field):  # no file system takes it (TOML can write it: "\u0000")
+            bad(field, f"the path {getattr(cfg, field)!r} contains a NUL byte; remove it")
     _validate_algorithm(cfg, bad)
     if cfg.precision not in PRECISIONS:
         bad("precision", f"choose one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
