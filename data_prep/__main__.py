@@ -57,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--alpha goes with --partition dirichlet, and only with it")
     if args.seed < 0:
         p.error(f"--seed {args.seed}: must be >= 0")
+    if args.clients is not None and args.clients < 1:
+        p.error(f"--clients {args.clients}: need at least 1 client (leave it out for the default)")
     if args.unbalance and args.partition != "iid":
         p.error("--unbalance goes with --partition iid only")
     if not 0 <= args.unbalance <= partition.MAX_UNBALANCE:  # nan too
@@ -73,7 +75,7 @@ def split(args: argparse.Namespace, data: sources.Dataset) -> tuple[list[np.ndar
     """The client index lists and the manifest's `partition` entry."""
     rng = np.random.default_rng(args.seed)
     natural = len(data.natural) if data.natural else None
-    clients = args.clients or natural or 100
+    clients = args.clients or natural or 100  # not 0: parse_args refuses it
     if args.partition in ("shards", "dirichlet") and data.kind != "image":
         raise FedMPIError(f"--partition {args.partition} splits by label; {args.dataset} has no label per example "
                           "(use natural or iid)")

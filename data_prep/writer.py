@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,12 +82,12 @@ def write_federation(
     check_target(out, overwrite)
     test_x, test_y = data.test if hasattr(data, "test") else (data.test_x, data.test_y)
     check_space(out, sizes, test_x, test_y)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    tmp.mkdir()
     try:
-        with h5py.File(tmp / TEST_FILE, "w") as f:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(out)
+        tmp.mkdir()
+        with _h5_create(tmp / TEST_FILE) as f:
             _write_xy(f, test_x, test_y)
         files, entries = _write_clients(tmp, data, clients, len(sizes), clients_per_file, index, names)
         if data.kind == "image":
@@ -96,7 +97,7 @@ def write_federation(
         else:
             kind = {}
         if index:
-            with h5py.File(tmp / INDEX_FILE, "w") as f:
+            with _h5_create(tmp / INDEX_FILE) as f:
                 f.create_dataset("n", data=np.asarray(sizes, dtype=np.int64))
                 f.create_dataset("file", data=np.repeat(np.arange(len(files), dtype=np.int32),
                                                         [clients_per_file] * (len(files) - 1)
@@ -122,6 +123,11 @@ def write_federation(
         if STOP.is_set():
             raise Stopped
         _replace(tmp, out, overwrite)
+    except OSError as e:  # a full disk, no inodes left: one line, and nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = Path(e.filename).name if e.filename else "it"
+        raise FedMPIError(f"--out {out}: cannot write {name}: {e.strerror or e}; nothing was written (free space "
+                          "and inodes there, or choose another --out)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,6 +152,16 @@ def _remove_abandoned(out: Path) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
+@contextmanager
+def _h5_create(path: Path):
+    """h5py.File(path, "w"), whose errors (a full disk, no inodes left) name the file as Python's own do."""
+    try:
+        with h5py.File(path, "w") as f:
+            yield f
+    except OSError as e:
+        raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(path)) from None
+
+
 def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
     """Uncompressed, contiguous datasets: a client's shard is read whole, as fast as the disk allows.
     Images: x uint8, y int64; sequences: x and y int16 (docs/federation-format.md)."""
@@ -167,7 +183,7 @@ def _write_clients(folder: Path, data, clients: Iterable, num_clients: int, per_
         ids = range(first, min(first + per_file, num_clients))
         name = f"client-{first:05d}.h5" if per_file == 1 else f"clients-{ids[0]:05d}-{ids[-1]:05d}.h5"
         chunk = [next(clients) for _ in ids]
-        with h5py.File(folder / name, "w") as f:
+        with _h5_create(folder / name) as f:
             if packed:
                 _write_xy(f, np.concatenate([x for x, _ in chunk]), np.concatenate([y for _, y in chunk]))
                 f.create_dataset("offsets", data=np.cumsum([0] + [len(y) for _, y in chunk], dtype=np.int64))

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedmpi.errors import FedMPIError  # noqa: E402
+from fedmpi.errors import ArgumentParser, FedMPIError  # noqa: E402
 from fedmpi.metrics import read_metrics  # noqa: E402
 from fedmpi.results import best_lr, markdown, run_result  # noqa: E402
 from fedmpi.scaling import read_csv  # noqa: E402
@@ -96,21 +96,39 @@ def plot_scaling(csvs: list[Path], out: Path, cores: int | None = None, title: s
 
 def _save(fig, out: Path) -> None:
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        _write(out, lambda path: fig.savefig(path, dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def _write(out: Path, write) -> None:
+    """write(out); an OSError (a missing folder, no permission, a full disk) is one line naming the file."""
+    try:
+        write(out)
+    except OSError as e:
+        raise FedMPIError(f"-o {out}: cannot write: {e.strerror or e}; choose another -o") from None
     print(f"fedmpi.plot: wrote {out}")
 
 
+def accuracy(text: str) -> float:
+    """--target: a test accuracy as a fraction, 0 < a <= 1."""
+    value = float(text)
+    if not 0 < value <= 1:  # nan and inf too
+        raise argparse.ArgumentTypeError(f"the target accuracy must lie in (0, 1], e.g. 0.99; got {text}")
+    return value
+
+
 def table_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fedmpi.plot table",
-                                description="rounds to the target accuracy of run folders, as a Markdown table")
+    p = ArgumentParser(prog="python -m fedmpi.plot table",
+                       description="rounds to the target accuracy of run folders, as a Markdown table")
     p.add_argument("runs", nargs="+", type=Path, help="run folders (folders without config.toml are skipped)")
-    p.add_argument("--target", type=float, help="target test accuracy, e.g. 0.99 (default: each run's own)")
+    p.add_argument("--target", type=accuracy, help="target test accuracy, e.g. 0.99 (default: each run's own)")
     p.add_argument("--best-lr", action="store_true",
                    help="one row per setting and seed: the learning rate that reached the target first")
     p.add_argument("-o", "--output", type=Path, help="write the table here (default: print it)")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         rows = []
         for run in (run for run in args.runs if (run / "config.toml").exists()):
             row = run_result(run, args.target)
@@ -121,14 +139,13 @@ def table_main(argv: list[str]) -> int:
         if not rows:
             raise FedMPIError("no run folders among the arguments")
         text = markdown(best_lr(rows) if args.best_lr else rows)
+        if args.output:
+            _write(args.output, lambda path: path.write_text(text))
+        else:
+            print(text, end="")
     except (FedMPIError, OSError, KeyError, ValueError) as e:
         print(f"fedmpi.plot: error: {e}", file=sys.stderr)
         return 2
-    if args.output:
-        args.output.write_text(text)
-        print(f"fedmpi.plot: wrote {args.output}")
-    else:
-        print(text, end="")
     return 0
 
 
@@ -136,7 +153,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["table"]:
         return table_main(argv[1:])
     scaling = argv[:1] == ["scaling"]
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m fedmpi.plot" + (" scaling" if scaling else ""),
         description="scaling plot from CSVs of python -m fedmpi.scaling gather" if scaling else
         "test accuracy vs round of run folders (python -m fedmpi.plot scaling CSV... for scaling plots; "
@@ -147,10 +164,10 @@ def main(argv: list[str]) -> int:
     if scaling:
         p.add_argument("--cores", type=int, help="mark the machine's core count")
     else:
-        p.add_argument("--target", type=float, help="draw the target accuracy, e.g. 0.99, and zoom to it")
+        p.add_argument("--target", type=accuracy, help="draw the target accuracy, e.g. 0.99, and zoom to it")
         p.add_argument("--log-x", action="store_true", help="logarithmic round axis (runs of very different length)")
-    args = p.parse_args(argv[1:] if scaling else argv)
     try:
+        args = p.parse_args(argv[1:] if scaling else argv)
         if scaling:
             plot_scaling(args.inputs, args.output, args.cores, args.title)
         else:

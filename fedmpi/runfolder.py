@@ -49,13 +49,21 @@ def hold_lock(path: Path, what: str) -> int | None:
     return fd
 
 
-def announce(fd: int | None) -> None:
-    """Write who holds the lock into the locked file, for the message a second job gets."""
+def announce(fd: int | None, path: Path | str = MARKER) -> None:
+    """Write who holds the lock into the locked file `path`, for the message a second job gets.
+
+    A file system that cannot take these few bytes (full, out of quota) cannot take the run either:
+    a FedMPIError naming the file and the reason.
+    """
     if fd is not None:
         holder = {"fedmpi": __version__, "host": socket.gethostname(), "pid": os.getpid(),
                   "slurm_job": os.environ.get("SLURM_JOB_ID"), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError as e:
+            raise FedMPIError(f"{path}: cannot write this job's lock record: {e.strerror}; free space on that "
+                              "file system, or choose another --out") from None
 
 
 def _read_holder(fd: int) -> str:

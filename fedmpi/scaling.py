@@ -28,7 +28,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from fedmpi.errors import FedMPIError
+from fedmpi.errors import ArgumentParser, FedMPIError
 from fedmpi.metrics import read_metrics
 
 COLUMNS = ["series", "study", "model", "ranks", "workers", "clients_per_round", "rounds_timed",
@@ -42,7 +42,7 @@ def workers(ranks: int) -> int:
 
 # ---- plan -------------------------------------------------------------------------------------
 def plan(study: str, ranks: list[int], out: Path, fedmpi_flags: list[str], per_worker: int | None) -> list[tuple]:
-    """[(ranks, run folder, extra fedmpi flags)] for a study; checks everything a run would refuse."""
+    """[(ranks, run folder, extra fedmpi flags besides --out)] for a study; checks everything a run would refuse."""
     from fedmpi.cli import parse_args
     from fedmpi.config import FIELD_NAMES, build_config
     from fedmpi.data import Federation
@@ -53,12 +53,14 @@ def plan(study: str, ranks: list[int], out: Path, fedmpi_flags: list[str], per_w
         raise FedMPIError(f"{out} exists; a study writes a fresh folder (remove it or choose another --out)")
     if not ranks or min(ranks) < 1:
         raise FedMPIError("--ranks: give rank counts >= 1, e.g. 1,2,3,5,9")
+    if per_worker is not None and per_worker < 1:
+        raise FedMPIError(f"--per-worker {per_worker}: give the clients each worker trains per round, >= 1")
     k = Federation(cfg.data).num_clients
     if max(workers(p) for p in ranks) > k:
         raise FedMPIError(f"--ranks: {max(ranks)} ranks need more than the federation's {k} clients")
     runs = []
     for p in sorted(set(ranks)):
-        flags = ["--out", str(out / f"p{p:03d}")]
+        flags = []
         if study == "weak":
             c = per_worker or 1
             m = c * workers(p)
@@ -78,9 +80,9 @@ def run_row(run: Path) -> dict | None:
     summary = run / "summary.json"
     if not summary.is_file():
         return None
-    done = json.loads(summary.read_text())
+    done = _read(summary, json.loads)
     ranks = done["ranks"]
-    cfg = tomllib.loads((run / "config.toml").read_text())
+    cfg = _read(run / "config.toml", tomllib.loads)
     timed = [r for r in read_metrics(run) if "time" in r]
     if not timed:
         return None
@@ -104,6 +106,14 @@ def run_row(run: Path) -> dict | None:
                             - (t["train_sum"] + t["eval_sum"] if ranks == 1 else 0.0)), 0.0),
         "run": str(run),
     }
+
+
+def _read(path: Path, parse):
+    """parse(the file's text); a damaged file (truncated, not UTF-8) is one line naming it."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError) as e:  # JSON's, TOML's and UTF-8's errors are ValueErrors
+        raise FedMPIError(f"{path}: cannot read ({e}); rerun that run, or leave it out") from None
 
 
 def run_folders(paths: list[Path]) -> list[Path]:
@@ -166,10 +176,10 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fedmpi.scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m fedmpi.scaling", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    pl = sub.add_parser("plan", help="print one line per run: ranks<TAB>run folder<TAB>fedmpi flags")
+    pl = sub.add_parser("plan", help="print one line per run: ranks<TAB>run folder<TAB>more fedmpi flags")
     pl.add_argument("study", choices=("strong", "weak"))
     pl.add_argument("--ranks", required=True, help="comma-separated rank counts, e.g. 1,2,3,5,9")
     pl.add_argument("--out", required=True, type=Path, help="study folder (run folders go in it)")
@@ -181,8 +191,8 @@ def main(argv: list[str]) -> int:
     ga.add_argument("--series", help="label of these runs in the plot")
     ga.add_argument("--append", action="store_true", help="add rows to an existing CSV (another series)")
     flags = argv[argv.index("--") + 1:] if "--" in argv else []  # plan: the training flags after --
-    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
+        args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
         if args.command == "plan":
             try:
                 ranks = [int(x) for x in args.ranks.replace(",", " ").split()]
@@ -192,7 +202,10 @@ def main(argv: list[str]) -> int:
                 print(f"{ranks_}\t{run}\t{' '.join(extra)}")
         else:
             rows = gather(args.runs, args.study, args.series)
-            write_csv(rows, args.output, args.append)
+            try:
+                write_csv(rows, args.output, args.append)
+            except OSError as e:
+                raise FedMPIError(f"-o {args.output}: cannot write: {e.strerror or e}; choose another -o") from None
             for r in rows:
                 print(f"{r['series']}: P={r['ranks']:>3} W={r['workers']:>3} round {r['round_s']:.3f} s "
                       f"(compute {r['compute_s']:.3f}, wait {r['wait_s']:.3f}, bcast {r['bcast_s']:.4f}) "

@@ -51,8 +51,8 @@ if [ "$local" = 1 ]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     while IFS=$'\t' read -r p run flags; do
         echo "jobs/scaling.sh: P=$p -> $run"
-        # shellcheck disable=SC2086  # flags: plain options from the plan
-        mpiexec -n "$p" python -m fedmpi --config "$config" "$@" $flags < /dev/null > "$out/p$(printf %03d "$p").log" 2>&1 \
+        # shellcheck disable=SC2086  # flags: plain options from the plan (the run folder, maybe with spaces, apart)
+        mpiexec -n "$p" python -m fedmpi --config "$config" "$@" $flags --out "$run" < /dev/null > "$out/p$(printf %03d "$p").log" 2>&1 \
             || { echo "jobs/scaling.sh: run P=$p failed; see $out/p$(printf %03d "$p").log" >&2; exit 1; }
     done <<< "$plan"
     "${gather[@]}"
@@ -66,7 +66,8 @@ while IFS=$'\t' read -r p run flags; do
     # shellcheck disable=SC2086  # option lists
     id=$(sbatch --parsable --job-name="fedmpi-scaling-$study" --dependency=singleton --exclusive \
         --nodes="$nodes" --ntasks="$p" --ntasks-per-node="$(( p < per_node ? p : per_node ))" \
-        --output="$out/p$(printf %03d "$p").log" $sbatch_opts "$jobs/fedavg.sbatch" "$config" "$@" $flags < /dev/null)
+        --output="$out/p$(printf %03d "$p").log" $sbatch_opts "$jobs/fedavg.sbatch" "$config" "$@" $flags --out "$run" \
+        < /dev/null)
     echo "jobs/scaling.sh: P=$p -> $run (job $id)"
     ids+=("$id")
 done <<< "$plan"

@@ -16,10 +16,14 @@ folders are shared by the whole session.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import launch, train
+from fedmpi.errors import FedMPIError
+from fedmpi.runfolder import MARKER, announce, hold_lock
+from helpers import finish, launch, train
 
 ERROR_LINE = re.compile(r"^fedmpi: (rank \d+: )?error: ")
 TIMEOUT_S = 60  # only guards against a hang
@@ -68,6 +74,22 @@ def rewrite_shard(folder: Path, file: str, change) -> None:
         f.create_dataset("x", data=x)
         f.create_dataset("y", data=y)
     rehash(folder, file)
+
+
+def one_error_line(r, expect: list[str], prefix: re.Pattern = ERROR_LINE) -> str:
+    """Check what the user of a finished process (helpers.launch) saw of a mistake: exit status 2, no
+    traceback, one error line holding every `expect` string and nothing else on stdout or stderr.
+    Returns the output, for the messages of further checks."""
+    shown = f"exit {r.returncode} after {r.seconds:.1f} s\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert r.returncode == 2, shown
+    assert "Traceback" not in r.stderr, shown
+    errors = [line for line in r.stderr.splitlines() if prefix.match(line)]
+    assert len(errors) == 1, shown
+    others = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.strip() and line != errors[0]]
+    assert not others, shown
+    for part in expect:
+        assert part in errors[0], f"{part!r} not in the error line\n{shown}"
+    return shown
 
 
 def snapshot(path: Path) -> dict:
@@ -578,15 +600,7 @@ def test_bad_input_gives_one_line_naming_it_and_writes_nothing(name, tmp_path, r
 
     r = launch(spec.ranks, [*spec.extra, *spec.args, "--out", str(out)], timeout=TIMEOUT_S, env=spec.env)
 
-    shown = f"exit {r.returncode} after {r.seconds:.1f} s\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert r.returncode == 2, shown
-    assert "Traceback" not in r.stderr, shown
-    errors = [line for line in r.stderr.splitlines() if ERROR_LINE.match(line)]
-    assert len(errors) == 1, shown
-    others = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.strip() and line != errors[0]]
-    assert not others, shown
-    for part in spec.expect:
-        assert part in errors[0], f"{part!r} not in the error line\n{shown}"
+    shown = one_error_line(r, spec.expect)
     assert r.seconds < FAST_S, f"a user error took {r.seconds:.1f} s\n{shown}"
     if watched:
         assert snapshot(watched) == before, f"{watched} was changed"
@@ -597,11 +611,27 @@ def test_bad_input_gives_one_line_naming_it_and_writes_nothing(name, tmp_path, r
 # ---------------------------------------------------------------------------------------------------
 # data_prep: the mistakes its own tests (tests/test_data_prep.py) leave out
 
+DATA_PREP_ERROR = re.compile("^data_prep: error: ")
+SYNTHETIC = ["--dataset", "synthetic", "--model-skew", "1", "--feature-skew", "1"]
 DATA_PREP_CASES = {
     "negative seed": (lambda tmp: (["--seed", "-1"], tmp / "fed"), "--seed -1: must be >= 0"),
     **{f"--unbalance {v}": (lambda tmp, v=v: (["--unbalance", v], tmp / "fed"), "must lie in 0..10")
        for v in ("nan", "inf", "1000", "-1")},
     "--out inside a file": (lambda tmp: ([], tmp / "results" / "fed"), "is a file"),
+    # issue 25: 0 clients made 100, the sizes' parameters crashed the int64 cast of their draws, and a
+    # feature skew of 1e300 wrote -inf features
+    **{name: (lambda tmp, flags=flags: (flags, tmp / "fed"), expected) for name, flags, expected in [
+        ("--clients 0", ["--clients", "0"], "--clients 0: need at least 1 client"),
+        ("synthetic --clients 0", [*SYNTHETIC, "--clients", "0"], "--clients 0: need at least 1 client"),
+        ("synthetic --size-mu nan", [*SYNTHETIC, "--size-mu", "nan"], "--size-mu nan: must be a finite number"),
+        ("synthetic --size-mu inf", [*SYNTHETIC, "--size-mu", "inf"], "--size-mu inf: must be a finite number"),
+        ("synthetic --size-mu 1e300 uncapped", [*SYNTHETIC, "--size-mu", "1e300", "--max-size", "0"],
+         "a client would get inf examples"),
+        ("synthetic --size-sigma 1e300 uncapped", [*SYNTHETIC, "--size-sigma", "1e300", "--max-size", "0"],
+         "a client would get inf examples"),
+        ("synthetic --feature-skew 1e300", [*SYNTHETIC, "--feature-skew", "1e300"],
+         "--feature-skew 1e+300: must be at most 1000"),
+    ]},
 }
 
 
@@ -611,9 +641,100 @@ def test_data_prep_bad_input_gives_one_error_line_and_writes_nothing(name, tmp_p
     (tmp_path / "results").write_text("a file where a folder should be\n")
     args, out = build(tmp_path)
     r = launch(0, ["--clients", "10", *args, "--out", str(out)], module="data_prep", timeout=TIMEOUT_S)
-    shown = f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert r.returncode == 2, shown
-    assert "Traceback" not in r.stderr, shown
-    errors = [line for line in r.stderr.splitlines() if line.startswith("data_prep: error: ")]
-    assert len(errors) == 1 and expected in errors[0], shown
+    shown = one_error_line(r, [expected], DATA_PREP_ERROR)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"], shown
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths no file system takes, and file systems that are full (issue 25)
+
+@pytest.mark.parametrize("module", ["fedmpi", "fedmpi.sweep"])
+def test_a_nul_byte_in_a_toml_path_is_one_line(module, federation, tmp_path):
+    """TOML writes a NUL byte as "\\u0000"; no argv can hold one, so only a file brings it."""
+    path = tmp_path / "job.toml"
+    if module == "fedmpi":
+        path.write_text(f'data = "{federation(clients=10)}"\nout = "{tmp_path}/run\\u0000x"\n')
+        args, prefix = ["--config", str(path)], ERROR_LINE
+    else:
+        path.write_text(f'out = "{tmp_path}/sweep\\u0000x"\n[base]\ndata = "{federation(clients=10)}"\n')
+        args, prefix = [str(path), "--list"], re.compile("^fedmpi.sweep: error: ")
+    r = launch(0, args, module=module, timeout=TIMEOUT_S)
+    one_error_line(r, ["'out'", "NUL byte"], prefix)
+    assert os.listdir(tmp_path) == ["job.toml"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size=..., nr_inodes=...) -> a folder on a tmpfs of its own, unmounted after the test: a
+    real file system to fill. Mounting needs root (CAP_SYS_ADMIN); without it the test is skipped."""
+    mounted = []
+
+    def mount(**options) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        opts = ",".join(f"{k}={v}" for k, v in options.items())
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "fedmpi-test", str(where)], check=True,
+                           capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            pytest.skip(f"a full file system needs a small tmpfs, and this process cannot mount one (root "
+                        f"only): {getattr(e, 'stderr', None) or e}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write a file in `folder` until its file system is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_when_a_job_starts_is_an_error_naming_the_lock_file(small_disk):
+    """Rank 0 writes who holds the run folder's lock when training starts (runfolder.announce): on a full
+    disk that was an OSError traceback; now a FedMPIError, which the job prints as one line."""
+    disk = small_disk(size="64k")
+    fill(disk)
+    lock = disk / "run" / MARKER
+    lock.parent.mkdir()  # a folder and an empty file take inodes, not blocks: the claim itself still works
+    fd = hold_lock(lock, "run folder")
+    try:
+        with pytest.raises(FedMPIError) as e:
+            announce(fd, lock)
+    finally:
+        os.close(fd)
+    assert str(e.value).startswith(f"{lock}: cannot write") and "No space left on device" in str(e.value)
+
+
+def test_data_prep_out_of_inodes_mid_write_gives_one_error_line_and_leaves_nothing(small_disk):
+    disk = small_disk(size="16m", nr_inodes=8)  # room for test.h5 and a few of the 20 client files
+    r = launch(0, [*SYNTHETIC, "--clients", "20", "--out", str(disk / "fed")], module="data_prep",
+               timeout=TIMEOUT_S)
+    shown = one_error_line(r, [f"--out {disk / 'fed'}: cannot write client-", "No space left on device"],
+                           DATA_PREP_ERROR)
+    assert os.listdir(disk) == [], shown
+
+
+def test_scaling_sh_keeps_an_out_with_a_space_in_one_piece(federation, tmp_path):
+    """jobs/scaling.sh passed each run's --out to fedmpi unquoted: "a b" became two arguments."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'data = "{federation(clients=10)}"\nrounds = 1\nbatch_size = 0\n')
+    study = tmp_path / "a b" / "study"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this python, and its mpiexec
+    script = Path(__file__).parents[1] / "jobs" / "scaling.sh"
+    proc = subprocess.Popen([script, "strong", "--local", "--ranks", "1", "--out", study, config], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PATH": path},
+                            start_new_session=True)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    assert sorted(os.listdir(study)) == ["p001", "p001.log", "results.csv", "scaling.png"], f"{out}\n{err}"
+    assert (study / "p001" / "summary.json").is_file()

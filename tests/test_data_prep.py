@@ -320,3 +320,19 @@ def test_a_version_1_federation_of_fedmpi_0_1_is_still_read(federation, tmp_path
     assert fed.kind == "image" and fed.input_shape == (1, 28, 28)
     x, y = fed.load_client(3)
     assert x.dtype == np.uint8 and x.shape == (6000, 1, 28, 28) and y.dtype == np.int64
+
+
+def test_extreme_synthetic_sizes_are_capped_as_drawn_and_features_stay_finite(tmp_path, run_data_prep):
+    """Sizes floor(lognormal(mu, sigma)) + min were cast to int64 before the cap, so --size-mu 1e300 (inf)
+    became negative sizes and a traceback (issue 25); now they are capped first and mean what they say."""
+    def federation(*flags):
+        out = tmp_path / f"fed{len(list(tmp_path.iterdir()))}"
+        done = run_data_prep("--dataset", "synthetic", "--model-skew", 1, "--clients", 4, *flags, "--out", out)
+        assert done.returncode == 0, done.stderr
+        return read_clients(out)
+
+    clients = federation("--size-mu", "1e300", "--feature-skew", 1000)  # the largest feature skew allowed
+    assert [c["n"] for c, _, _ in clients] == [1000] * 4  # every client at --max-size (default 1000)
+    assert all(np.isfinite(x).all() for _, x, _ in clients)
+    clients = federation("--size-sigma", "1e300", "--feature-skew", 1, "--max-size", 50)
+    assert {c["n"] for c, _, _ in clients} <= {10, 50}  # lognormal(1, 1e300) is 0 or inf: the minimum or the cap

@@ -19,6 +19,7 @@ import tomli_w
 
 from fedmpi.config import RunConfig
 from helpers import launch
+from test_bad_input import one_error_line
 
 TIMEOUT_S = 60
 DATA = "/data/mnist-iid-100"
@@ -194,3 +195,58 @@ def test_optimizers_are_named_and_each_keeps_its_own_tuned_grid(capsys, tmp_path
         "FedProx": ("0.1", "(one run)", "not in 1"),
         "DP-FedAvg (z = 1)": ("0.1", "(one run)", "not in 1"),
     }
+
+
+# ---- mistakes (issue 25): one line each, no traceback --------------------------------------------------
+
+PLOT_ERROR, SCALING_ERROR = re.compile("^fedmpi.plot: error: "), re.compile("^fedmpi.scaling: error: ")
+
+
+def test_an_output_in_a_missing_folder_is_one_line(sweep_folder, tmp_path):
+    missing = tmp_path / "nonexistent"
+    r = plot("table", sweep_folder / "E1_lr0.1", "-o", missing / "t.md")
+    one_error_line(r, [f"-o {missing / 't.md'}: cannot write: No such file or directory"], PLOT_ERROR)
+    r = plot(sweep_folder / "E1_lr0.1", "-o", missing / "a.png")
+    one_error_line(r, [f"-o {missing / 'a.png'}: cannot write: No such file or directory"], PLOT_ERROR)
+    assert not missing.exists()
+
+
+def test_a_target_outside_0_to_1_is_refused(capsys, sweep_folder):
+    one_error_line(plot("table", sweep_folder / "E1_lr0.1", "--target", "nan"),
+                   ["--target", "must lie in (0, 1]", "got nan"], PLOT_ERROR)
+    from fedmpi.plot import main
+    for target in ("inf", "0", "-0.5", "99"):  # 99: a percentage
+        for argv in (["table", str(sweep_folder / "E1_lr0.1")], [str(sweep_folder / "E1_lr0.1"), "-o", "x.png"]):
+            capsys.readouterr()
+            assert main([*argv, "--target", target]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("fedmpi.plot: error: ") and f"got {target}" in err and err.count("\n") == 1, err
+
+
+def scaling(*args):
+    """`python -m fedmpi.scaling ARGS` as a real process."""
+    return launch(0, [str(a) for a in args], module="fedmpi.scaling", timeout=TIMEOUT_S)
+
+
+def test_scaling_gather_mistakes_are_one_line(tmp_path):
+    run = make_run(tmp_path / "study" / "p001", [0.1, 0.5])
+    (run / "summary.json").write_text('{"ranks": 1, "wall_seco')  # truncated
+    r = scaling("gather", tmp_path / "study", "-o", tmp_path / "r.csv")
+    one_error_line(r, [str(run / "summary.json"), "cannot read"], SCALING_ERROR)
+
+    (run / "summary.json").write_text(json.dumps({"ranks": 1}))
+    timed = {"round": 1, "clients": [0], "test_accuracy": 0.5,
+             "time": {"seconds": 1.0, "bcast": 0.0, "reduce": 0.0, "train_sum": 0.9, "eval_sum": 0.1}}
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 0, "test_accuracy": 0.1}) + "\n" + json.dumps(timed) + "\n")
+    missing = tmp_path / "nonexistent" / "r.csv"
+    r = scaling("gather", tmp_path / "study", "-o", missing)
+    one_error_line(r, [f"-o {missing}: cannot write: No such file or directory"], SCALING_ERROR)
+    assert scaling("gather", tmp_path / "study", "-o", tmp_path / "r.csv").returncode == 0  # the run itself is fine
+
+
+def test_scaling_plan_refuses_a_per_worker_count_below_1(federation, tmp_path):
+    for count in ("-3", "0"):  # -3 planned negative fractions, 0 silently meant 1
+        r = scaling("plan", "weak", "--ranks", "1,2", "--out", tmp_path / "study", "--per-worker", count, "--",
+                    "--data", federation(clients=10))
+        one_error_line(r, [f"--per-worker {count}: ", ">= 1"], SCALING_ERROR)
+    assert not (tmp_path / "study").exists()

@@ -25,6 +25,10 @@ from fedmpi.errors import FedMPIError
 
 DIMENSION, NUM_CLASSES, TEST_EXAMPLES = 60, 10, 10_000
 COVARIANCE = np.arange(1, DIMENSION + 1, dtype=np.float64) ** -1.2  # the diagonal of Σ
+# β: feature means reach about 5β over 10^6 clients; up to 1e3 (the paper: 0 to 1), float32 features
+# keep each example's own spread (std down to 60^-0.6 = 0.086) to 1 %; 1e300 overflows them to -inf.
+MAX_FEATURE_SKEW = 1e3
+MAX_CLIENT_SIZE = 2**31 - 1  # examples; far beyond any disk at K clients, and their sum fits int64
 
 
 @dataclass
@@ -79,13 +83,21 @@ def make(num_clients: int, model_skew: float, feature_skew: float, seed: int, si
                         ("--size-sigma", size_sigma)):
         if not (np.isfinite(value) and value >= 0):
             raise FedMPIError(f"{name} {value}: must be a finite number >= 0")
+    if feature_skew > MAX_FEATURE_SKEW:
+        raise FedMPIError(f"--feature-skew {feature_skew:g}: must be at most {MAX_FEATURE_SKEW:g}; beyond it the "
+                          "float32 features lose each example's own spread (the paper uses 0 to 1)")
+    if not np.isfinite(size_mu):
+        raise FedMPIError(f"--size-mu {size_mu}: must be a finite number")
     if num_clients < 1:
         raise FedMPIError(f"--clients {num_clients}: need at least 1 client")
     if min_size < 1 or (max_size and max_size < min_size):
         raise FedMPIError(f"--min-size {min_size} / --max-size {max_size}: need 1 <= min <= max (max 0: no cap)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2**32]))  # the sizes: apart from every client
-    sizes = np.floor(rng.lognormal(size_mu, size_sigma, num_clients)).astype(np.int64) + min_size
+    draws = np.floor(rng.lognormal(size_mu, size_sigma, num_clients)) + min_size  # float: may be inf, capped next
     if max_size:
-        np.minimum(sizes, max_size, out=sizes)
-    return Synthetic(num_clients, model_skew, feature_skew, seed, sizes)
+        np.minimum(draws, max_size, out=draws)
+    if draws.max() > MAX_CLIENT_SIZE:
+        raise FedMPIError(f"--size-mu {size_mu:g} / --size-sigma {size_sigma:g}: a client would get {draws.max():.3g} "
+                          f"examples, more than {MAX_CLIENT_SIZE:,}; lower them, or cap sizes with --max-size")
+    return Synthetic(num_clients, model_skew, feature_skew, seed, draws.astype(np.int64))
 
