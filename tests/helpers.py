@@ -108,3 +108,26 @@ def final_weights(run_dir: Path) -> np.ndarray:
     """The saved final model as one flat float32 vector (parameter order)."""
     state = torch.load(Path(run_dir) / "model.pt")
     return np.concatenate([v.numpy().ravel() for v in state.values()])
+
+
+def comparable(run_dir: Path) -> list[dict]:
+    """A run's metrics records without their wall-clock fields: what two runs that compute alike share."""
+    from fedmpi.metrics import read_metrics
+
+    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run_dir)]
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """{MPI rank: pid} of the running fedmpi ranks whose command line contains marker."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if marker in cmd and "fedmpi" in cmd and MPIEXEC not in cmd:
+            rank = [e.split("=", 1)[1] for e in env if e.startswith("PMI_RANK=")]
+            if rank:
+                found[int(rank[0])] = int(pid)
+    return found

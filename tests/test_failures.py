@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmpi.metrics import read_metrics
-from helpers import (MPIEXEC, client_hook, final_weights, finish, launch, start, start_job, train, wait_for_round,
-                     wait_until)
+from helpers import (client_hook, comparable, final_weights, finish, launch, rank_pids, start, start_job, train,
+                     wait_for_round, wait_until)
 
 FLAGS = ["--rounds", "8", "--checkpoint-every", "2", "--threads", "1", "--seed", "5"]
 
@@ -18,10 +17,6 @@ RAISE_ON_RANK_2 = client_hook("rank == 2 and round_ == 5", 'raise RuntimeError("
 # As SLURM's pre-timeout signal would, while round 2 trains:
 STOP_REQUEST_IN_ROUND_2 = client_hook("rank == 1 and round_ == 2", "signal.raise_signal(signal.SIGUSR1)")
 
-
-def comparable(run_dir):
-    """Metrics without wall-clock fields."""
-    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +40,6 @@ def test_a_rank_that_raises_ends_the_job_within_30_s_and_resume_matches(uninterr
     assert r.seconds < 30, f"took {r.seconds:.1f} s"
     assert "fedmpi: rank 2: RuntimeError: injected failure in client training" in r.stderr
     assert_resumes_to(uninterrupted, federation(), out, ranks=3)
-
-
-def rank_pids(marker: str) -> dict[int, int]:
-    """{MPI rank: pid} of the running fedmpi ranks whose command line contains marker."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if marker in cmd and "fedmpi" in cmd and MPIEXEC not in cmd:
-            rank = [e.split("=", 1)[1] for e in env if e.startswith("PMI_RANK=")]
-            if rank:
-                found[int(rank[0])] = int(pid)
-    return found
 
 
 def test_a_killed_worker_ends_the_job_within_30_s_without_orphans_and_resume_matches(

@@ -19,15 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmpi.metrics import read_metrics
-from helpers import final_weights, finish, launch, start, train, wait_until
+from helpers import comparable, final_weights, finish, launch, start, train, wait_until
 
 FLAGS = ["--rounds", "4", "--checkpoint-every", "1", "--threads", "1", "--seed", "6", "--batch-size", "50",
          "--fraction", "0.2"]
 
-
-def comparable(run):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run)]
 
 
 def one_error_line(r, *parts):

@@ -15,19 +15,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 
 import numpy as np
 import pytest
 
-from fedmpi.metrics import read_metrics
-from helpers import final_weights, finish, launch, start_job, train, wait_for_round
+from helpers import comparable, final_weights, finish, launch, rank_pids, start_job, train, wait_for_round
 
 FLAGS = ["--rounds", "1", "--batch-size", "0", "--threads", "1", "--seed", "4"]  # one quick round
 TRIES = 4
 
-
-def comparable(run):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run)]
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +72,11 @@ def test_a_job_on_a_folder_in_training_is_refused_and_the_training_run_is_unharm
     job = start_job(3, fed, out, *flags)
     try:
         wait_for_round(out, 1, job)
+        holder = rank_pids(str(out))[0]  # rank 0 holds the lock (not mpiexec, job.pid)
         for extra in (["--overwrite"], ["--resume"], []):
             second = launch(0, ["--data", str(fed), "--out", str(out), *flags, "--lr", "0.05", *extra], timeout=60)
             assert second.returncode == 2, second.stderr
-            assert "in use by another job (host" in second.stderr and f"pid {job.pid}" not in second.stderr
+            assert f"in use by another job (host {socket.gethostname()}, pid {holder}," in second.stderr, second.stderr
         finish(job, 120)
     finally:
         if job.poll() is None:

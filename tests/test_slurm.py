@@ -21,7 +21,7 @@ import tomli_w
 
 from fedmpi.metrics import read_metrics
 from fedmpi.scaling import gather, plan, read_csv, write_csv
-from helpers import PYTHON, final_weights, launch
+from helpers import PYTHON, comparable, final_weights, launch
 from slurm_cluster import SlurmCluster, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +68,6 @@ def write_config(path: Path, fed: Path, out: Path, rounds: int = 6) -> Path:
                     f'lr = 0.1\nrounds = {rounds}\nseed = 3\nout = "{out}"\n')
     return path
 
-
-def comparable(run_dir):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmpi.metrics import read_metrics
-from helpers import final_weights, launch, train
+from helpers import comparable, final_weights, launch, train
 
 USER_CODE = {"PYTHONPATH": str(Path(__file__).parent)}
 FLAGS = ("--model", "user_models:bn_net", "--fraction", "0.1", "--epochs", "1", "--batch-size", "50",
          "--lr", "0.05", "--rounds", "3", "--seed", "2", "--threads", "1")
 
-
-def comparable(run):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in read_metrics(run)]
 
 
 def test_a_user_model_with_batchnorm_trains_alike_on_3_ranks_and_on_one(federation, tmp_path):
