@@ -49,7 +49,7 @@ def hold_lock(path: Path, what: str) -> int | None:
     return fd
 
 
-def announce(fd: int | None, path: Path | str = MARKER) -> None:
+def announce(fd: int | None, path: Path) -> None:
     """Write who holds the lock into the locked file `path`, for the message a second job gets.
 
     A file system that cannot take these few bytes (full, out of quota) cannot take the run either:
@@ -123,6 +123,11 @@ class RunFolder:
             folder.release_unused()
             raise FedMPIError(f"run folder {path} exists; pass --resume to continue it, --overwrite to "
                               "replace it, or choose another --out")
+        try:  # now, not after set-up: a job refused during this one's set-up must name this job
+            announce(fd, path / MARKER)
+        except FedMPIError:
+            folder.release_unused()
+            raise
         return folder
 
     def holds_run(self) -> bool:

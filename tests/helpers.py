@@ -131,3 +131,13 @@ def rank_pids(marker: str) -> dict[int, int]:
             if rank:
                 found[int(rank[0])] = int(pid)
     return found
+
+
+def start_hanging(fed: Path, out: Path, mark: Path, *flags: str) -> subprocess.Popen:
+    """A 3-rank job whose set-up hangs: rank 2 never returns from the user's model function
+    (tests/user_models.py:sleeps_on_rank_2); returns once rank 2 is in it (it creates `mark`)."""
+    env = {"PYTHONPATH": str(Path(__file__).parent), "FEDMPI_TEST_MARK": str(mark)}
+    proc = start(3, ["--data", str(fed), "--out", str(out), "--model", "user_models:sleeps_on_rank_2",
+                     "--rounds", "1", *flags], env=env)
+    wait_until(proc, mark.exists, "rank 2 in the model function", timeout=60)
+    return proc

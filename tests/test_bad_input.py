@@ -32,8 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmpi.errors import FedMPIError
-from fedmpi.runfolder import MARKER, announce, hold_lock
+from fedmpi.runfolder import MARKER
 from helpers import finish, launch, train
 
 ERROR_LINE = re.compile(r"^fedmpi: (rank \d+: )?error: ")
@@ -390,6 +389,7 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("C = nan", "--fraction", "nan", ["'fraction'", "nan"]),
     ("E = 0", "--epochs", "0", ["'epochs'", "at least 1"]),
     ("E = 1.5", "--epochs", "1.5", ["'epochs'", "expected int", "1.5"]),
+    ("E = 10^9 (48 TB of example orders)", "--epochs", "1000000000", ["'epochs'", "GiB of example orders"], 3),
     ("B = -5", "--batch-size", "-5", ["'batch_size'", "-5"]),
     ("B not a number", "--batch-size", "ten", ["'batch_size'", "'ten'"]),
     ("lr = 0", "--lr", "0", ["'lr'", "> 0", "got 0"]),
@@ -522,6 +522,14 @@ def _(c):
     c.earlier_run()
     return Case(["--data", str(c.fed), "--lr", "0.05", "--resume"],
                 ["checkpoint.h5", "another config", "lr 0.1 -> 0.05"], existing_run=True,
+                extra=EARLIER_RUN)
+
+
+@case("resume with another stack_clients (a CPU CNN stacked rounds otherwise)")
+def _(c):
+    c.earlier_run()
+    return Case(["--data", str(c.fed), "--stack-clients", "2", "--resume"],
+                ["checkpoint.h5", "another config", "stack_clients 0 -> 2"], existing_run=True,
                 extra=EARLIER_RUN)
 
 
@@ -699,20 +707,14 @@ def fill(folder: Path) -> None:
         os.close(fd)
 
 
-def test_a_full_disk_when_a_job_starts_is_an_error_naming_the_lock_file(small_disk):
-    """Rank 0 writes who holds the run folder's lock when training starts (runfolder.announce): on a full
-    disk that was an OSError traceback; now a FedMPIError, which the job prints as one line."""
+def test_a_full_disk_when_a_job_starts_is_one_line_naming_the_lock_file(small_disk, federation):
+    """Rank 0 writes who holds the run folder's lock when it claims the folder (runfolder.announce): on a full
+    disk that was an OSError traceback, exit 1, with the folder left behind."""
     disk = small_disk(size="64k")
-    fill(disk)
-    lock = disk / "run" / MARKER
-    lock.parent.mkdir()  # a folder and an empty file take inodes, not blocks: the claim itself still works
-    fd = hold_lock(lock, "run folder")
-    try:
-        with pytest.raises(FedMPIError) as e:
-            announce(fd, lock)
-    finally:
-        os.close(fd)
-    assert str(e.value).startswith(f"{lock}: cannot write") and "No space left on device" in str(e.value)
+    fill(disk)  # a folder and an empty file take inodes, not blocks: only the lock record cannot be written
+    r = launch(0, ["--data", str(federation(clients=10)), "--out", str(disk / "run")], timeout=TIMEOUT_S)
+    one_error_line(r, [f"{disk / 'run' / MARKER}: cannot write", "No space left on device"])
+    assert sorted(os.listdir(disk)) == ["filler"]
 
 
 def test_data_prep_out_of_inodes_mid_write_gives_one_error_line_and_leaves_nothing(small_disk):

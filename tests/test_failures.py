@@ -3,13 +3,12 @@ behind, and `--resume` then finishes with the weights and metrics of a run that 
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import (client_hook, comparable, final_weights, finish, launch, rank_pids, start, start_job, train,
-                     wait_for_round, wait_until)
+from helpers import (client_hook, comparable, final_weights, finish, launch, rank_pids, start_hanging, start_job,
+                     train, wait_for_round)
 
 FLAGS = ["--rounds", "8", "--checkpoint-every", "2", "--threads", "1", "--seed", "5"]
 
@@ -105,17 +104,6 @@ def test_a_stop_signal_during_startup_ends_the_job_at_once_and_a_rerun_starts_af
     train(3, federation(), out, *FLAGS, "--resume")
     np.testing.assert_array_equal(final_weights(out), final_weights(uninterrupted))
     assert comparable(out) == comparable(uninterrupted)
-
-
-# A user's model function that never returns on rank 2 (tests/user_models.py): it marks that it has begun.
-HANGING = ["--model", "user_models:sleeps_on_rank_2", "--rounds", "1"]
-
-
-def start_hanging(fed, out, mark, *flags):
-    env = {"PYTHONPATH": str(Path(__file__).parent), "FEDMPI_TEST_MARK": str(mark)}
-    proc = start(3, ["--data", str(fed), "--out", str(out), *HANGING, *flags], env=env)
-    wait_until(proc, mark.exists, "rank 2 in the model function", timeout=60)
-    return proc
 
 
 def assert_ended_naming_rank_2(proc, since, status, expect, out, within=15):

@@ -20,7 +20,8 @@ import socket
 import numpy as np
 import pytest
 
-from helpers import comparable, final_weights, finish, launch, rank_pids, start_job, train, wait_for_round
+from helpers import (comparable, final_weights, finish, launch, rank_pids, start_hanging, start_job, train,
+                     wait_for_round)
 
 FLAGS = ["--rounds", "1", "--batch-size", "0", "--threads", "1", "--seed", "4"]  # one quick round
 TRIES = 4
@@ -63,6 +64,21 @@ def test_two_jobs_started_together_on_one_folder_one_runs_the_other_is_refused(o
         assert comparable(out) == comparable(reference)
         assert (out / "config.toml").read_text() == (reference / "config.toml").read_text().replace(
             str(reference), str(out))
+
+
+def test_a_job_refused_during_the_first_ones_set_up_names_the_first_job(federation, tmp_path):
+    """The lock record was written after set-up, so a second job refused meanwhile named the folder's
+    previous holder."""
+    fed, out = federation(clients=10), tmp_path / "run"
+    train(0, fed, out, "--rounds", "1")  # the previous holder, long gone
+    first = start_hanging(fed, out, tmp_path / "mark", "--overwrite")
+    try:
+        holder = rank_pids(str(out))[0]
+        second = launch(0, ["--data", str(fed), "--out", str(out), "--resume"], timeout=60)
+        assert second.returncode == 2 and f"pid {holder}," in second.stderr, second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
 
 
 def test_a_job_on_a_folder_in_training_is_refused_and_the_training_run_is_unharmed(federation, tmp_path):
