@@ -31,7 +31,13 @@ def hold_lock(path: Path, what: str) -> int | None:
     A file system without locks (Lustre mounted without `flock`) gets a warning and None:
     the job runs, but a second job on the same folder would not be stopped.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a symbolic link: its target, anywhere, would get the lock record written over it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FedMPIError(f"{path}: is a symbolic link; fedmpi does not follow it (replace it by a plain "
+                              "file, or choose another folder)") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -578,6 +578,14 @@ for _flag in ("--overwrite", "--resume"):
     case(f"{_flag} of a folder that is no run folder")(folder_that_is_no_run(_flag))
 
 
+@case("--out whose .fedmpi-run marker is a symbolic link")
+def _(c):
+    (c.tmp / "precious.txt").write_text("a file elsewhere that the lock record must not overwrite\n")
+    c.out.mkdir()
+    (c.out / ".fedmpi-run").symlink_to(c.tmp / "precious.txt")
+    return Case(["--data", str(c.fed), "--resume"], [".fedmpi-run", "symbolic link"], existing_run=True, ranks=0)
+
+
 @case("--out inside a file")
 def _(c):
     blocker = c.tmp / "results"

@@ -56,3 +56,15 @@ def test_resuming_with_a_changed_model_is_refused_in_one_line(federation, tmp_pa
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert "made for another model" in lines[0] and expect in lines[0], lines[0]
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_parameter_that_is_a_strided_view_trains_like_its_contiguous_copy(federation, tmp_path):
+    """A non-dense parameter kept its strides in the flat buffer and overlapped the next tensor there."""
+    fed = federation(clients=10)
+    for name in ("strided_head", "contiguous_head"):
+        train(0, fed, tmp_path / name, "--model", f"user_models:{name}", "--rounds", "2", "--threads", "1",
+              env=USER_CODE, timeout=120)
+    a, b = (torch.load(tmp_path / name / "model.pt") for name in ("strided_head", "contiguous_head"))
+    assert a.keys() == b.keys() == {"weight", "bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert comparable(tmp_path / "strided_head") == comparable(tmp_path / "contiguous_head")

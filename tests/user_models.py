@@ -1,5 +1,6 @@
 """Models a user might bring (`model = "user_models:NAME"`, with tests/ on PYTHONPATH): not nn.Sequential,
 with BatchNorm, GroupNorm, LayerNorm, dropout."""
+import torch
 from torch import nn
 
 
@@ -109,3 +110,27 @@ def changing_net(image_shape, num_classes):
     from collections import OrderedDict
 
     return nn.Sequential(OrderedDict(zip(["flatten", "hidden", "relu", "out"], layers)))
+
+
+class _StridedHead(nn.Module):
+    """A parameter that is a strided view (every other column of a wider tensor): not dense in memory."""
+
+    def __init__(self, inputs, num_classes, strided):
+        super().__init__()
+        wide = torch.randn(num_classes, 2 * inputs) * 0.01
+        self.weight = nn.Parameter(wide[:, ::2] if strided else wide[:, ::2].contiguous())
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t() + self.bias
+
+
+def strided_head(image_shape, num_classes):
+    c, h, w = image_shape
+    return _StridedHead(c * h * w, num_classes, strided=True)
+
+
+def contiguous_head(image_shape, num_classes):
+    """strided_head's values (same draws), stored contiguously."""
+    c, h, w = image_shape
+    return _StridedHead(c * h * w, num_classes, strided=False)

@@ -28,8 +28,9 @@ class FlatModel:
         tensors = {**dict(self.model.named_parameters()), **{n: buffers[n] for n in self.buffer_names}}
         self.layout = {}  # name -> (offset, shape, strides) inside a flat buffer
         offset = 0
-        for name, t in tensors.items():
-            self.layout[name] = (offset, tuple(t.shape), t.stride())
+        for name, t in tensors.items():  # each keeps its memory order, if that order is dense (no gaps)
+            strides = t.stride() if _dense(t.shape, t.stride()) else torch.empty(t.shape).stride()
+            self.layout[name] = (offset, tuple(t.shape), strides)
             offset += t.numel()
         self.dim = offset
         self.num_params = sum(t.numel() for t in self.model.parameters())  # the flat state's first values
@@ -75,3 +76,16 @@ class FlatModel:
 
     def _owner(self, name: str) -> nn.Module:
         return self.model.get_submodule(name.rpartition(".")[0])
+
+
+def _dense(shape, strides) -> bool:
+    """Whether these strides lay the tensor out without gaps or overlaps (any order of its dimensions):
+    numel() values from the offset on hold it. A strided view (a slice with a step) spans more."""
+    expected = 1
+    for size, stride in sorted(zip(shape, strides), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
