@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from fedmpi import models
+from fedmpi import __version__, models
 from fedmpi.config import FIELD_NAMES
 from fedmpi.errors import ArgumentParser, FedMPIError
 
@@ -56,18 +56,31 @@ def parse_args(argv):
     for name in FIELD_NAMES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, help=FLAG_HELP[name])
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--version", action="version", version=f"fedmpi {__version__}")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (starts fresh if it has none)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    """One job, on every rank; returns its exit status. Called again in the same process (fedmpi.run),
+    it starts a new job: the run folder's lock, the signal handlers and the set-up watchdog end with it."""
     from fedmpi.config import DEFAULT_SETUP_TIMEOUT_S
     from fedmpi.signals import StopRequests
     from fedmpi.startup import Startup
 
     stops = StopRequests()  # first: a SLURM signal during the imports must not kill the job
     startup = Startup(stops, DEFAULT_SETUP_TIMEOUT_S)  # every rank agrees on set-up, which never hangs
+    try:
+        return _job(argv, stops, startup)
+    finally:
+        startup.finish()
+        if startup.folder:
+            startup.folder.unlock()
+        stops.restore()
+
+
+def _job(argv, stops, startup) -> int:
     from fedmpi.comm import Comm, omp_threads
     from fedmpi.config import build_config
     from fedmpi.data import Federation
@@ -80,7 +93,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             try:
                 args = parse_args(argv)
-            except SystemExit as e:  # --help, printed by rank 0 only: every rank parses alike and ends here
+            except SystemExit as e:  # --help, --version: printed by rank 0 only; every rank parses alike
                 return e.code or 0
         cfg = build_config(args.config, {k: getattr(args, k) for k in FIELD_NAMES})
         startup.timeout_s = cfg.setup_timeout

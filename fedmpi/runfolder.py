@@ -136,6 +136,12 @@ class RunFolder:
             raise
         return folder
 
+    def unlock(self) -> None:
+        """The job is over: drop the lock (the process may start another job, fedmpi.run)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def holds_run(self) -> bool:
         return any(p.name != MARKER for p in self.path.iterdir())
 
@@ -155,9 +161,7 @@ class RunFolder:
             _remove_made(self.created)
         elif not self.holds_run():
             (self.path / MARKER).unlink(missing_ok=True)  # the folder was empty before this claim
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self.unlock()
 
 
 def check_owned(path: Path) -> None:

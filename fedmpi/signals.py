@@ -17,8 +17,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 class StopRequests:
     def __init__(self):
         self.exit_code = 0
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        """The handlers from before (a notebook's Ctrl-C interrupts it again once the job is over)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT:

@@ -71,7 +71,10 @@ class Startup:
         return None
 
     def finish(self) -> None:
-        """Set-up is over: from now on a stop request ends the job after the round in progress."""
+        """Set-up is over (or the job ended in it): from now on a stop request ends the job after the
+        round in progress. Called again, it does nothing."""
+        if self._done.is_set():
+            return
         self._done.set()
         signal.set_wakeup_fd(-1)
         self._watchdog.join()
