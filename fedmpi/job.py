@@ -130,6 +130,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
               f"clients, {m} per round), {comm.size} rank(s), {comm.num_workers} worker(s){idle}, "
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
+        print(_algorithm_line(cfg), flush=True)
         kinds = {t: sum(x == t for x in trainers) for t in trainers if t is not None}
         print("fedmpi: workers train on " + "; ".join(f"{t}{f' ({n} workers)' if len(kinds) > 1 else ''}"
                                                      for t, n in kinds.items()), flush=True)
@@ -172,6 +173,16 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         else:
             print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt)", flush=True)
     return DIVERGED if packet[command] == DIVERGED else 0
+
+
+def _algorithm_line(cfg: RunConfig) -> str:
+    """What trains: the algorithm with its settings, the server step, DP (the start line names the model)."""
+    parts = [cfg.algorithm + (f" (μ {cfg.prox_mu:g})" if cfg.algorithm == "fedprox" else ""),
+             f"clients: E {cfg.epochs}, B {cfg.batch_size or '∞'}, η {cfg.lr:g}",
+             f"server: {cfg.server_optimizer}, η {cfg.server_lr:g}"]
+    if cfg.dp_clip:
+        parts.append(f"DP: clip {cfg.dp_clip:g}, noise multiplier {cfg.dp_noise_multiplier:g}, δ {cfg.dp_delta:g}")
+    return "fedmpi: algorithm " + "; ".join(parts)
 
 
 def _report_divergence(diverged: dict, policy: str) -> None:
