@@ -86,7 +86,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     if checkpoint:
         check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
     algorithm = Algorithm(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim, flat.num_params,
-                          flat.logical_order().numpy())
+                          flat.logical_order().numpy(), comm.is_server)
     worker = None
     if comm.is_worker:
         begin("loading the shards")

@@ -433,6 +433,18 @@ for _name, _model, _expect in [
     case(_name)(lambda c, m=_model, e=_expect: Case(["--data", str(c.fed), "--model", m], e, env=USER_CODE))
 
 
+@case("SCAFFOLD's control variates beyond the node's memory (they were allocated on every rank)")
+def _(c):
+    """A model whose 101 control variates (K = 100) take twice this machine's available memory in float64."""
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    hidden = 2 * available // (101 * 8 * 795)  # parameters per hidden unit on MNIST: 784 + 1 + 10
+    fed = c.request.getfixturevalue("federation")()
+    return Case(["--data", str(fed), "--model", "user_models:wide_net", "--algorithm", "scaffold"],
+                ["'algorithm'", "control variates", "GiB on rank 0", "available"], ranks=0,
+                env={**USER_CODE, "HIDDEN": str(hidden)})
+
+
 # --- the TOML file ------------------------------------------------------------------------------
 
 @case("TOML file missing")

@@ -134,3 +134,12 @@ def contiguous_head(image_shape, num_classes):
     """strided_head's values (same draws), stored contiguously."""
     c, h, w = image_shape
     return _StridedHead(c * h * w, num_classes, strided=False)
+
+
+def wide_net(image_shape, num_classes):
+    """One hidden layer of $HIDDEN units (a test sizes it to the machine's memory)."""
+    import os
+
+    c, h, w = image_shape
+    hidden = int(os.environ["HIDDEN"])
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

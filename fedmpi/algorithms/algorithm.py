@@ -6,14 +6,16 @@ import torch
 
 from fedmpi.algorithms import privacy
 from fedmpi.algorithms.optimizers import ServerOptimizer
+from fedmpi.errors import FedMPIError
 
 
 class Algorithm:
     """One run's algorithm: `num_params` P of the model's `dim` flat values are parameters (the rest buffers)."""
 
     def __init__(self, cfg, num_clients: int, clients_per_round: int, dim: int, num_params: int,
-                 logical_order: np.ndarray):
-        """`logical_order`: the flat positions of the model's values in state_dict order (FlatModel)."""
+                 logical_order: np.ndarray, on_server: bool):
+        """`logical_order`: the flat positions of the model's values in state_dict order (FlatModel);
+        `on_server`: this rank is rank 0, which alone keeps the server's state."""
         self.cfg = cfg
         self.order = logical_order
         self.k, self.m, self.dim, self.p = num_clients, clients_per_round, dim, num_params
@@ -25,7 +27,10 @@ class Algorithm:
         # SCAFFOLD: broadcast [c | c_k of each sampled slot], reduce [Δc_k of each slot]
         self.broadcast_extra = (1 + self.m) * num_params if self.scaffold else 0
         self.reduction_extra = self.m * num_params if self.scaffold else 0
-        self.control = np.zeros((num_clients + 1, num_params)) if self.scaffold else None  # rows: c_0..c_K-1, c
+        self.control = None  # SCAFFOLD's rows c_0..c_K-1, c: rank 0's alone (workers get theirs broadcast)
+        if self.scaffold and on_server:
+            _check_fits("SCAFFOLD's control variates (one per client and the server's)", (num_clients + 1) * num_params)
+            self.control = np.zeros((num_clients + 1, num_params))
 
     @property
     def corrects_gradients(self) -> bool:
@@ -100,3 +105,15 @@ class Algorithm:
             c = broadcast_extra[:self.p]
             change = -c - delta[:self.p].cpu().numpy() / (steps * self.cfg.lr)
             reduction_extra[self.p * slot:self.p * (slot + 1)] = change
+
+
+def _check_fits(what: str, values: int) -> None:
+    """Refuse up front server state of `values` float64 that this node cannot hold, with its checkpoint
+    (built in memory: about 1.75 times the state again), instead of failing in numpy or the OOM killer."""
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    need = values * 8 * 2.75
+    if need > available:
+        raise FedMPIError(f"config field 'algorithm': {what} need {values * 8 / 2**30:.1f} GiB on rank 0, "
+                          f"{need / 2**30:.1f} GiB with a checkpoint, but {available / 2**30:.1f} GiB are available "
+                          "here; use fewer clients or a smaller model (docs/scaling.md)")
