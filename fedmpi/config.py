@@ -216,8 +216,8 @@ def _validate_algorithm(cfg: RunConfig, bad) -> None:
     for field in ("server_momentum", "server_beta1", "server_beta2"):
         if not 0 <= numbers[field] < 1:
             bad(field, f"must lie in [0, 1), got {numbers[field]}")
-    if cfg.server_tau <= 0:
-        bad("server_tau", f"must be > 0, got {cfg.server_tau}")
+    if not 0 < cfg.server_tau <= 1:  # τ keeps √v + τ off 0; a large τ dwarfs √v and the step with it (1e200: none)
+        bad("server_tau", f"must lie in (0, 1], got {cfg.server_tau}")
     if cfg.dp_clip < 0:
         bad("dp_clip", f"must be >= 0 (0 = no differential privacy), got {cfg.dp_clip}")
     if cfg.dp_noise_multiplier < 0:

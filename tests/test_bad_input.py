@@ -405,6 +405,7 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("precision float16", "--precision", "float16", ["'precision'", "float32, float64"]),
     ("stack_clients = -1", "--stack-clients", "-1", ["'stack_clients'", ">= 0"]),
     ("setup_timeout = -1", "--setup-timeout", "-1", ["'setup_timeout'", ">= 0"]),
+    ("server_tau = 1e200 (the adaptive step vanished)", "--server-tau", "1e200", ["'server_tau'", "(0, 1]"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
