@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import itertools
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,12 +40,13 @@ import tomli_w
 
 from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
 from fedmpi.errors import DIVERGED, FedMPIError
-from fedmpi.runfolder import hold_lock
+from fedmpi.runfolder import MARKER, hold_lock
 
 SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
 SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
 FINISHED = ("complete", "diverged")  # states the sweep does not run again
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ORPHAN_WAIT_S = 600  # a job whose runner died ends after its round: ten minutes cover the paper's longest rounds
 # Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
 LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed",
           "algorithm": "", "server_optimizer": "", "server_lr": "slr", "prox_mu": "mu", "server_momentum": "beta",
@@ -166,6 +170,30 @@ def default_launcher(ranks: int) -> list[str]:
     return [str(beside) if beside.exists() else "mpiexec", "-n", str(ranks)]
 
 
+def wait_for_folder(run: Run) -> None:
+    """Wait, at most ORPHAN_WAIT_S, while another process holds the run folder's lock: the job of a runner
+    killed by SIGKILL got SIGTERM (die_with_parent) and ends after its round's checkpoint. Past the
+    bound, the job started next is refused as 'in use' and names the holder."""
+    try:
+        fd = os.open(run.folder() / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no marker yet, or none fedmpi would use: the job says what is wrong
+        return
+    try:
+        deadline, said = time.monotonic() + ORPHAN_WAIT_S, False
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not said:
+                    print(f"sweep: {run.name}: its folder is still held by a job (an earlier runner's, ending?); "
+                          f"waiting up to {ORPHAN_WAIT_S} s for it to end", flush=True)
+                    said = True
+                time.sleep(0.5)
+    finally:
+        os.close(fd)  # drops the lock taken above: the job takes it next
+
+
 def die_with_parent() -> None:
     """In the child: get SIGTERM when the sweep dies (even by SIGKILL), so the job checkpoints and ends
     instead of running on beside a rerun of the sweep (Linux prctl PR_SET_PDEATHSIG)."""
@@ -193,6 +221,7 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         if stop:
             print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
             return 75
+        wait_for_folder(run)
         cmd = [*launcher, sys.executable, "-m", "fedmpi", "--config", str(paths[run.name]), "--resume"]
         print(f"sweep: [{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}: "
               f"{shlex.join(cmd)}", flush=True)
@@ -245,10 +274,13 @@ def main(argv: list[str]) -> int:
             for run in runs:
                 print(f"{run.name}\t{status(run)}\t{run.folder()}")
             return 0
+        # One sweep runner per folder, and the lock first: a refused sweep must not rewrite the plan that
+        # the running one reads its next run's config from.
+        settings["out"].mkdir(parents=True, exist_ok=True)
+        hold_lock(settings["out"] / ".fedmpi-sweep", "sweep folder")
         paths = write_plan(settings, runs)
         if args.slurm:
             return submit_array(settings, runs, paths, rest[1:])
-        hold_lock(settings["out"] / ".fedmpi-sweep", "sweep folder")  # one sweep runner per folder
         launcher = shlex.split(args.launcher) if args.launcher else default_launcher(settings["ranks"])
         return run_locally(runs, paths, launcher)
     except FedMPIError as e:

@@ -8,10 +8,12 @@ bit for bit. Run names are spelled out by hand from the sweep file's documented 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -258,19 +260,37 @@ def test_bad_sweep_file_is_one_error_line_and_exit_2(text, expected, tmp_path):
     assert not out.exists()
 
 
-def test_one_sweep_runner_per_folder_and_its_job_ends_with_it(swept, federation, tmp_path):
-    """A second runner of the same sweep is refused while the first runs; SIGKILL of the runner ends its
-    job too (SIGTERM: it checkpoints), so rerunning the sweep never puts two jobs on one run folder."""
+def test_one_sweep_runner_per_folder_and_a_rerun_right_after_a_sigkill_waits_for_its_job(swept, federation,
+                                                                                          tmp_path):
+    """A second sweep on the same folder (another file: epochs 2) is refused before it writes anything,
+    so the running sweep's plan, which its next run reads, stays byte for byte. SIGKILL of the runner
+    sends its job SIGTERM; a rerun that meets a run folder still held (by that job finishing a slow round:
+    here the test holds the lock 3 s longer) waits for it, then resumes the run to the weights of a direct
+    run (it used to fail that run as 'in use')."""
     sweep_file, out, slow, proc = sweep_in_training(federation, tmp_path)
     try:
-        second = sweep(sweep_file, timeout=60)
+        plan = {p.name: p.read_bytes() for p in (out / "plan").iterdir()}
+        other = write_sweep(tmp_path / "b.toml", out, {**slow, "data": str(federation()), "epochs": 2},
+                            grid={"lr": LRS}, ranks=2)
+        second = sweep(other, timeout=60)
         assert second.returncode == 2 and "in use by another job" in second.stderr, second.stderr
         assert [line for line in second.stderr.splitlines() if ERROR_LINE.match(line)] == \
             second.stderr.splitlines(), second.stderr
+        assert {p.name: p.read_bytes() for p in (out / "plan").iterdir()} == plan
         os.kill(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate(timeout=60)  # returns when the job, which shares its stdout, has ended
+        # The job ends after its round: how long that takes is the job's; hold its lock 3 s longer here,
+        # as a slow round would, so that the rerun meets a held folder whatever this machine's speed.
+        marker = os.open(out / "lr0.05" / ".fedmpi-run", os.O_RDONLY)
+        output, _ = proc.communicate(timeout=60)
+        fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        threading.Timer(3, os.close, [marker]).start()
+        again = sweep(sweep_file)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "stop requested; checkpoint of round" in output, output
-    assert_rerun_finishes_as_direct_runs(sweep_file, out, slow, federation, tmp_path)
+    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
+    assert "lr0.05: its folder is still held by a job" in again.stdout and "lr0.05: resuming" in again.stdout
+    reference = tmp_path / "direct"
+    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
+    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
