@@ -73,6 +73,8 @@ def read_metrics(run_dir: Path, notice=None) -> list[dict]:
             record = json.loads(line)
             if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
                 raise ValueError("not a round's record")
+            if not 0 <= record.get("test_accuracy", 0) <= 1:  # a changed digit can make 990.69 %
+                raise ValueError(f"test_accuracy {record['test_accuracy']} outside [0, 1]")
         except ValueError as e:
             if number == len(lines):  # the last line, without its newline: torn by a stop mid-write
                 if notice:

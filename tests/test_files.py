@@ -84,6 +84,10 @@ def test_a_damaged_metrics_line_is_refused_naming_it(stopped_at_2, federation, t
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     r = launch(0, ["--data", str(federation(clients=10)), "--out", str(run), *FLAGS, "--resume"], timeout=60)
     one_error_line(r, "metrics.jsonl", "line 2 is damaged")
+    lines[1] = lines[0].replace('"round": 0', '"round": 1').replace('"test_accuracy": 0.', '"test_accuracy": 99.')
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")  # a digit changed: 990 %
+    r = launch(0, ["--data", str(federation(clients=10)), "--out", str(run), *FLAGS, "--resume"], timeout=60)
+    one_error_line(r, "metrics.jsonl", "line 2 is damaged", "outside [0, 1]")
     plot = launch(0, [str(run), "-o", str(tmp_path / "a.png")], module="fedmpi.plot", timeout=60)
     assert plot.returncode == 2 and "line 2 is damaged" in plot.stderr and "Traceback" not in plot.stderr
 
