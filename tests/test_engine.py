@@ -15,6 +15,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,40 @@ def test_clients_of_unequal_sizes_stacked_equal_each_alone_bitwise(fed, precisio
         tol = 1e-5 if precision == "float32" else 1e-12
         assert torch.allclose(together[k], reference[0], rtol=0, atol=tol), f"client {k}"
         assert (together[k] - engine.flat.weights).abs().max() > 1e-3
+
+
+def test_vmap_stacks_of_unequal_clients_padded_to_a_bucket_equal_each_alone(fed):
+    """The CUDA path pads a stack to a few shapes (rows and examples, Engine.shape): 3 clients of 37, 64
+    and 100 examples train as 4 rows of 128, the extra row and positions fully masked; each client still
+    equals itself trained alone (float64, as test_vmap_stack_equals_clients_trained_alone)."""
+    stacked, clients = make_engine(fed, "cnn", 4, torch.float64)
+    alone, _ = make_engine(fed, "cnn", 1, torch.float64)
+    clients = [(x[:n], y[:n]) for (x, y), n in zip(clients, (37, 64, 100))]
+    assert stacked.shape([37, 64, 100], 50) == (4, 128, 150)
+    weights, losses = train(stacked, clients, [0, 1, 2], 1, 50)
+    assert weights.shape[0] == 3
+    for k in range(3):
+        w, loss = train(alone, clients, [k], 1, 50)
+        assert torch.allclose(weights[k], w[0], rtol=0, atol=1e-9), f"client {k}"
+        assert losses[k] == pytest.approx(loss[0], rel=1e-9)
+
+
+def test_500_rounds_of_unbalanced_clients_need_a_few_graph_shapes(fed):
+    """What bounds the CUDA graphs a long run captures (one per stack shape): 1,000 clients of lognormal
+    sizes (10 to ~3,000 examples), 50 a round on 2 workers, stacks of up to 16, B = 10."""
+    from fedmpi.engine.stacked import MAX_GRAPHS
+    from fedmpi.fedavg import assign_to_workers, plan_round
+
+    engine, _ = make_engine(fed, "cnn", 16)
+    sizes = (np.random.default_rng(0).lognormal(4, 1, 1000) + 10).astype(np.int64)
+    shapes, exact = set(), set()
+    for round_ in range(1, 501):
+        sampled = plan_round(0, round_, 1000, 50)
+        owners = assign_to_workers(sampled, sizes[sampled], 2, 1000)
+        for worker in range(2):
+            mine = [int(sizes[k]) for k in sampled[owners == worker]]
+            for stack in engine.stacks(mine, 10):
+                shapes.add(engine.shape([mine[i] for i in stack], 10))
+                exact.add((len(stack), max(mine[i] for i in stack)))
+    print(f"{len(shapes)} padded stack shapes, {len(exact)} exact ones")
+    assert len(shapes) <= MAX_GRAPHS < len(exact)

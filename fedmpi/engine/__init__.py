@@ -180,27 +180,27 @@ class Engine:
         model trained one client at a time draws its own random numbers (dropout) from torch's
         global generator, seeded from that generator next.
         """
-        g, sizes = len(data), [len(y) for _, y in data]
-        n, device = max(sizes), start.device
-        padded = batch > 0 and self.masked and not isinstance(self.step, LoopStep)
-        span = -(-n // batch) * batch if padded else n
+        sizes, device = [len(y) for _, y in data], start.device
+        g, n, span = self.shape(sizes, batch)
+        padded = self._masked(batch)
         orders = torch.zeros(g, epochs, span, dtype=torch.int64)
         mask = torch.zeros(g, epochs, span, dtype=torch.bool) if padded else None
-        for row, (gen, size) in enumerate(zip(generators, sizes)):
+        for row, (gen, size) in enumerate(zip(generators, sizes)):  # rows past len(data): no examples
             for e in range(epochs):
                 orders[row, e, :size] = torch.randperm(size, generator=gen)
             if padded:
                 mask[row, :, :size] = True
         orders, mask = orders.to(device), None if mask is None else mask.to(device)
         draws = [self.prepare.draw(gen, epochs, size) for gen, size in zip(generators, sizes)]  # after the orders
-        draws = None if draws[0] is None else torch.stack([_pad(d, n, 1) for d in draws]).to(device)
+        draws = None if draws[0] is None else torch.stack([_pad(d, n, 1) for d in _fill(draws, g)]).to(device)
         if isinstance(self.step, LoopStep):  # dropout & co. draw from (seed, round, client) alone
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generators[0])))
-        x = torch.stack([_pad(x, n) for x, _ in data]) if g > 1 else data[0][0].unsqueeze(0)
-        y = torch.stack([_pad(y, n) for _, y in data]) if g > 1 else data[0][1].unsqueeze(0)
+        x = torch.stack([_pad(x, n) for x, _ in _fill(data, g)]) if g > 1 else data[0][0].unsqueeze(0)
+        y = torch.stack([_pad(y, n) for _, y in _fill(data, g)]) if g > 1 else data[0][1].unsqueeze(0)
         rows = start.repeat(g, 1)
         if correction:
-            correction = (*correction, self.flat.num_params)
+            mu, offset = correction
+            correction = (mu, None if offset is None else _pad(offset, g), self.flat.num_params)
         if self.graphed:
             try:
                 total = self.graphed(rows, x, y, orders, mask, draws, batch, lr, correction)
@@ -211,7 +211,25 @@ class Engine:
                 rows = start.repeat(g, 1)
         if not self.graphed:
             total = self._local_sgd(rows, x, y, orders, mask, draws, batch, lr, correction)
-        return rows, [float(t) / (epochs * -(-size // (batch or size))) for t, size in zip(total.cpu(), sizes)]
+        return rows[:len(data)], [float(t) / (epochs * -(-size // (batch or size)))
+                                  for t, size in zip(total.cpu(), sizes)]
+
+    def shape(self, sizes: list[int], batch: int) -> tuple[int, int, int]:
+        """(G, n, s) of the stack of clients with these sizes: its rows, examples per row and positions
+        per epoch (n, or n padded to whole batches of B rows when masked).
+
+        A vmap stack of masked steps (the CUDA path) is padded further, to a power of two of rows and
+        examples of a few sizes (`bucket`): a client's extra steps are fully masked and leave it as it
+        was, and a few CUDA graphs, captured once each, then serve every round of unbalanced clients."""
+        g, n = len(sizes), max(sizes)
+        if self._masked(batch) and isinstance(self.step, VmapStep):
+            g, n = min(1 << (g - 1).bit_length(), self.limit), bucket(n)  # rows: a power of two
+        return g, n, -(-n // batch) * batch if self._masked(batch) else n
+
+    def _masked(self, batch: int) -> bool:
+        """Whether a stack's batches are padded to B rows and masked (stacked steps of a model without
+        buffers), which lets clients of any sizes share a stack."""
+        return batch > 0 and self.masked and not isinstance(self.step, LoopStep)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float], int]:
@@ -230,6 +248,19 @@ class Engine:
             right.append(float(correct(logits, y[i:i + EVAL_CHUNK])))
         model.train()
         return right, loss, count(y)
+
+
+def bucket(n: int) -> int:
+    """n rounded up to 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, ...: powers of two and 1.5 times them, two sizes
+    an octave, so at most a third of a padded stack is padding."""
+    power = 1 << max(n - 1, 1).bit_length() - 1
+    return n if n <= 2 else power * 3 // 2 if n <= power * 3 // 2 else power * 2
+
+
+def _fill(items: list, g: int) -> list:
+    """`items` and, for the rows of a stack beyond them, zero-filled stand-ins of the first (no examples)."""
+    return items + [tuple(torch.zeros_like(t) for t in items[0]) if isinstance(items[0], tuple)
+                    else torch.zeros_like(items[0])] * (g - len(items))
 
 
 def _pad(t: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:

@@ -11,9 +11,12 @@ stack, and the engine then trains the model one client at a time.
 On CUDA a stack's whole local training (E epochs of steps, shapes static)
 is captured once per shape into a CUDA graph and replayed each round: the
 steps of small models are bound by kernel launches, which the graph removes.
+Stacks are padded to a few shapes (Engine.shape) and at most MAX_GRAPHS
+graphs are kept, so unbalanced clients do not capture a graph every round.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -58,6 +61,11 @@ class VmapStep:
                 self.views[name].copy_(self.buffers[name])
 
 
+# Graphs kept at once. A stack's shapes come in a few sizes (Engine.shape's buckets), so a run needs a
+# few dozen at most; past this the least recently used is dropped, with its memory.
+MAX_GRAPHS = 64
+
+
 class GraphedTraining:
     """Runs `train(rows, x, y, orders, mask, draws, batch, lr, correction)` from a CUDA graph captured once
     per shape of its inputs.
@@ -68,14 +76,18 @@ class GraphedTraining:
 
     def __init__(self, train: Callable):
         self.train = train
-        self.graphs: dict[tuple, tuple] = {}  # each with its own memory pool: they replay in any order
+        # each with its own memory pool: they replay in any order; the least recently used goes first
+        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
 
     def __call__(self, rows, x, y, orders, mask, draws, batch, lr, correction=None):
         mu, offset, p = correction or (0.0, None, 0)
         inputs = (rows, x, y, orders, mask, draws, offset)
         key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr, mu, p, correction is None)
         if key not in self.graphs:
+            if len(self.graphs) == MAX_GRAPHS:
+                self.graphs.popitem(last=False)
             self.graphs[key] = self._capture(inputs, batch, lr, correction)
+        self.graphs.move_to_end(key)
         graph, static, losses = self.graphs[key]
         for s, v in zip(static, inputs):
             if v is not None:
