@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 from fedmpi import __version__, models
@@ -62,6 +63,24 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_one_world(comm, stops) -> bool:
+    """srun with an --mpi plugin that this MPI does not speak starts each task as a world of one
+    (open-mpi/ompi#13523), each about to train alone into the same run folder. Task 0 raises the
+    one-line error; the others return True once srun stops them after task 0 has ended (ending first,
+    they would make srun --kill-on-bad-exit kill task 0 before it said why), or after 10 s."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    if comm.size > 1 or tasks <= 1:
+        return False
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        raise FedMPIError(f"srun started {tasks} tasks but MPI sees a world of 1 in each: srun's PMI plugin does "
+                          "not match this MPI (pip's MPICH: --mpi=pmi2; Open MPI 5: --mpi=pmix; "
+                          "jobs/fedavg.sbatch: FEDMPI_SRUN_MPI); nothing was written")
+    deadline = time.monotonic() + 10
+    while not stops.exit_code and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
 def main(argv=None) -> int:
     """One job, on every rank; returns its exit status. Called again in the same process (fedmpi.run),
     it starts a new job: the run folder's lock, the signal handlers and the set-up watchdog end with it."""
@@ -90,6 +109,8 @@ def _job(argv, stops, startup) -> int:
     startup.begin("reading the config and the federation")
     error = None
     try:  # before torch is imported: a typo, or a run folder in use, is answered in a second
+        if check_one_world(comm, stops):
+            return 2
         with contextlib.redirect_stdout(open(os.devnull, "w") if comm.rank else sys.stdout):
             try:
                 args = parse_args(argv)

@@ -1,11 +1,14 @@
 """jobs/ on a real one-node SLURM (munged + slurmctld + slurmd, see slurm_cluster.py): a training job
-runs a config to the end; USR1 makes it checkpoint, requeue itself and resume to the weights of a run
-that never stopped (with srun and with pip's mpiexec); scancel leaves a checkpoint and no requeue;
+runs a config to the end and names its SLURM output in the run folder; USR1 makes it checkpoint, requeue
+itself and resume to the weights of a run that never stopped (with srun and with pip's mpiexec), and in
+an array only the task signalled; scancel leaves a checkpoint and no requeue; a second job on a finished
+run folder is refused unless it says --resume; a wrong srun --mpi plugin stops the job with one line;
 prep -> train -> plot and a scaling study run as dependent jobs; `python -m fedmpi.sweep --slurm`
 submits a sweep's unfinished runs as one array job. Skipped where SLURM is not
 installed, unless CI is set: then that is a failure.
 
-Also, without SLURM: the scaling CSV's speedup/efficiency arithmetic and both plots.
+Also, without SLURM: the PMI-mismatch check on its real code path, the scaling CSV's
+speedup/efficiency arithmetic and both plots.
 """
 from __future__ import annotations
 
@@ -72,19 +75,24 @@ def write_config(path: Path, fed: Path, out: Path, rounds: int = 6) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(slurm, federation, tmp_path_factory):
-    """A job from jobs/fedavg.sbatch (srun) that runs to the end: (run folder, its log)."""
+    """A job from jobs/fedavg.sbatch (srun) that runs to the end: (run folder, its log, its SLURM record).
+    SLURM_MPI_TYPE=none would make each task a world of one: FEDMPI_SRUN_MPI goes before it."""
     d = tmp_path_factory.mktemp("sbatch")
     config = write_config(d / "tiny.toml", federation(clients=10), d / "run")
     started = time.monotonic()
-    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=d)
-    wait_done(slurm, job)
+    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=d, SLURM_MPI_TYPE="none",
+                 FEDMPI_SRUN_MPI="pmi2")
+    info = wait_done(slurm, job)
     print(f"sbatch fedavg.sbatch: submit -> COMPLETED in {time.monotonic() - started:.1f} s")
-    return d / "run", job_log(slurm, job)
+    return d / "run", job_log(slurm, job), info
 
 
 def test_fedavg_sbatch_trains_a_config_to_the_end(uninterrupted):
-    run, log = uninterrupted
+    run, log, info = uninterrupted
     assert "srun --mpi=pmi2" in log
+    assert f"run folder {run}:" in log  # the output names the run folder, the run folder the output
+    assert re.fullmatch(rf"\S+ \S+ job {info['JobId']} start 1 on \S+: exit 0, output {info['StdOut']}\n",
+                        (run / "slurm-jobs.txt").read_text())
     assert "3 rank(s), 2 worker(s), 1 thread(s)/rank" in log  # threads from SLURM_CPUS_PER_TASK
     assert "workers train on cpu" in log
     assert [r["round"] for r in read_metrics(run)] == list(range(7))
@@ -120,6 +128,22 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_weights_of_an_uninterrupte
     assert log.count(f"{launcher} ") >= 2 and "start 2 on" in log, log
     np.testing.assert_array_equal(final_weights(tmp_path / "run"), final_weights(uninterrupted[0]))
     assert comparable(tmp_path / "run") == comparable(uninterrupted[0])
+    starts = (tmp_path / "run" / "slurm-jobs.txt").read_text()
+    assert re.search(rf"job {job} start 1 on .*: exit 75, output .*\n.* job {job} start 2 on .*: exit 0, output ",
+                     starts), starts
+
+
+def test_a_second_job_on_a_finished_run_folder_is_refused_unless_it_says_resume(slurm, uninterrupted, tmp_path):
+    """`sbatch jobs/fedavg.sbatch CONFIG --rounds 8` after CONFIG's job: one line, not a silent extension."""
+    run = uninterrupted[0]
+    before = comparable(run)
+    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(run.parent / "tiny.toml"), "--rounds", "8",
+                 cwd=tmp_path)
+    info = slurm.wait_job(job, JOB_TIMEOUT)
+    log = job_log(slurm, job)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), log
+    assert f"fedmpi: error: run folder {run} exists; pass --resume to continue it" in log, log
+    assert comparable(run) == before and (run / "slurm-jobs.txt").read_text().count("\n") == 1
 
 
 def test_scancel_leaves_a_checkpoint_and_the_job_stays_cancelled(slurm, federation, tmp_path):
@@ -136,6 +160,19 @@ def test_scancel_leaves_a_checkpoint_and_the_job_stays_cancelled(slurm, federati
     info = slurm.job(job)
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
     assert (tmp_path / "run" / "checkpoint.h5").is_file() and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_wrong_srun_mpi_plugin_stops_the_job_with_one_line_before_anything_is_written(
+        slurm, federation, tmp_path):
+    """srun --mpi=none (here from SLURM_MPI_TYPE) makes each of the 3 tasks an MPI world of one."""
+    config = write_config(tmp_path / "tiny.toml", federation(clients=10), tmp_path / "run")
+    job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=tmp_path, SLURM_MPI_TYPE="none")
+    info = slurm.wait_job(job, JOB_TIMEOUT)
+    log = job_log(slurm, job)
+    assert "srun --mpi=none" in log and (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), log
+    assert log.count("fedmpi:") == 1 and "fedmpi: error: srun started 3 tasks but MPI sees a world of 1 in " \
+                                          "each: srun's PMI plugin does not match this MPI" in log, log
+    assert not (tmp_path / "run").exists()
 
 
 def test_pipeline_runs_prep_then_train_then_plot_as_dependent_jobs(slurm, tmp_path):
@@ -231,7 +268,55 @@ def test_sweep_slurm_submits_the_unfinished_runs_as_one_array_job(slurm, federat
     assert slurm.run("squeue", "-h", "-o", "%i").stdout.split() == []
 
 
-# ---- without SLURM: the scaling arithmetic and the plots ---------------------------------------
+def test_usr1_to_one_array_task_requeues_that_task_only(slurm, federation, tmp_path):
+    """Two array tasks, the same run into two folders. USR1 goes to the task whose job id is also the
+    array's id: `scontrol requeue <that id>` would requeue both. It alone checkpoints, is requeued and
+    resumes to the weights of the other task, which runs once, start to end."""
+    fed = federation(clients=10)
+    runs = [tmp_path / f"run{t}" for t in range(2)]
+    listing = tmp_path / "array.txt"
+    listing.write_text("".join(f"{write_config(tmp_path / f'task{t}.toml', fed, run, rounds=12)}\n"
+                               for t, run in enumerate(runs)))
+    job = submit(slurm, "--array=0-1", *ARRAY_SIZES, f"--output={tmp_path}/slurm-%A_%a.out",
+                 str(JOBS / "fedavg.sbatch"), str(listing), cwd=tmp_path)
+    started = time.monotonic()
+    while not all(any(r["round"] >= 1 for r in read_metrics(run)) for run in runs):
+        out = slurm.run("scontrol", "show", "job", "-o", job).stdout
+        assert "FAILED" not in out and time.monotonic() - started < JOB_TIMEOUT, out
+        time.sleep(0.2)
+    out = slurm.run("scontrol", "show", "job", "-o", job).stdout
+    signalled = re.search(rf"JobId={job} ArrayJobId={job} ArrayTaskId=(\d) ", out).group(1)
+    other = str(1 - int(signalled))
+    slurm.run("scancel", "--batch", "--signal=USR1", f"{job}_{signalled}")
+    tasks = {t["ArrayTaskId"]: t for t in wait_array(slurm, job, 2)}
+    print(f"array: 2 tasks, one requeued, COMPLETED in {time.monotonic() - started:.1f} s")
+    logs = {t: (tmp_path / f"slurm-{job}_{t}.out").read_text() for t in tasks}
+    assert all(t["JobState"] == "COMPLETED" and t["ExitCode"] == "0:0" for t in tasks.values()), logs
+    assert tasks[signalled]["Restarts"] == "1" and tasks[other]["Restarts"] == "0", (tasks, logs)
+    assert f"(exit 75); requeueing job {job}_{signalled}\n" in logs[signalled], logs[signalled]
+    assert "resuming at round" in logs[signalled] and "start 2 on" not in logs[other], logs
+    run, reference = runs[int(signalled)], runs[int(other)]
+    np.testing.assert_array_equal(final_weights(run), final_weights(reference))
+    assert comparable(run) == comparable(reference)
+    assert f"exit 75, output {tmp_path}/slurm-{job}_{signalled}.out\n" in (run / "slurm-jobs.txt").read_text()
+
+
+# ---- without SLURM: the PMI-mismatch check, the scaling arithmetic and the plots -----------------
+def test_a_world_of_one_in_a_step_of_several_tasks_stops_before_anything_is_written(federation, tmp_path):
+    """What srun's task 0 sees with the wrong --mpi plugin: SLURM_STEP_NUM_TASKS=3, a world of 1. A batch
+    shell or salloc sets SLURM_NTASKS but no step: a one-process run there goes on (here to its next check)."""
+    flags = ["--data", str(federation(clients=10)), "--out", str(tmp_path / "run"), "--rounds", "1"]
+    task0 = launch(0, flags, timeout=60, env={"SLURM_STEP_NUM_TASKS": "3", "SLURM_NTASKS": "3", "SLURM_PROCID": "0"})
+    assert task0.returncode == 2 and task0.stdout == "", task0
+    assert task0.stderr == ("fedmpi: error: srun started 3 tasks but MPI sees a world of 1 in each: srun's PMI "
+                            "plugin does not match this MPI (pip's MPICH: --mpi=pmi2; Open MPI 5: --mpi=pmix; "
+                            "jobs/fedavg.sbatch: FEDMPI_SRUN_MPI); nothing was written\n"), task0.stderr
+    assert not (tmp_path / "run").exists()
+    alone = launch(0, [*flags, "--data", str(tmp_path / "none")], timeout=60,
+                   env={"SLURM_NTASKS": "3", "SLURM_PROCID": "0"})
+    assert alone.returncode == 2 and "federation" in alone.stderr and "srun" not in alone.stderr, alone.stderr
+
+
 def fake_run(folder: Path, ranks: int, m: int, seconds: list[float], train_sum: float) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.toml").write_text('model = "2nn"\n')
