@@ -187,6 +187,12 @@ def _algorithm_line(cfg: RunConfig) -> str:
 
 def _report_divergence(diverged: dict, policy: str) -> None:
     round_, clients = diverged["round"], diverged["clients"]
+    if diverged.get("server"):
+        print(f"fedmpi: error: round {round_}: the server's update is non-finite (NaN/Inf) although every client's "
+              f"was finite: the run diverged and ends here; summary.json records it, model.pt holds the weights "
+              f"of round {round_ - 1}. Lower server_lr, or DP's noise (dp_clip × dp_noise_multiplier) "
+              f"(exit status {DIVERGED})", file=sys.stderr, flush=True)
+        return
     listed = ", ".join(map(str, clients[:5])) + (f" and {len(clients) - 5} more" if len(clients) > 5 else "")
     who = "every sampled client" if policy == "skip" else f"client{'s' if len(clients) > 1 else ''} {listed}"
     print(f"fedmpi: error: round {round_}: {who} produced a non-finite update (NaN/Inf): the run diverged and "

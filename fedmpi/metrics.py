@@ -49,7 +49,7 @@ def console_line(r: dict, total_rounds: int) -> str:
     if "test_accuracy" in r:
         parts.append(f"test acc {100 * r['test_accuracy']:6.2f}%")
     if "epsilon" in r:
-        parts.append(f"ε {r['epsilon']:.3g}")
+        parts.append("ε ∞ (no noise)" if r["epsilon"] is None else f"ε {r['epsilon']:.3g}")
     if r.get("skipped_clients"):
         parts.append(f"skipped {r['skipped_clients']}")
     if "seconds" in r:

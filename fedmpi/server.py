@@ -77,14 +77,17 @@ class Server:
                 self.checkpoint(step + 1)
 
     def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict | None:
-        """The server step of round_, or None when a non-finite client update ends the run as
-        diverged (on_bad_update = "abort", or every client's update non-finite)."""
+        """The server step of round_, or None when a non-finite update ends the run as diverged: a
+        client's (on_bad_update = "abort", or every client's non-finite) or the server's own."""
         skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
         if skipped and (self.cfg.on_bad_update == "abort" or sums["n"] == 0):
             self.diverged = {"round": round_, "clients": skipped}
             return None
         gains = self.algorithm.server_step(self.weights, sums.delta_sum(), sums["weight"], sums.extra, round_,
                                            sampled)
+        if gains is None:  # the clients' updates were finite, the server's step is not: it diverged
+            self.diverged = {"round": round_, "clients": [], "server": True}
+            return None
         record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
                   **gains, "seconds": timing["seconds"], "time": timing}
         if skipped:
@@ -119,11 +122,19 @@ class Server:
             **({"diverged": self.diverged} if self.diverged else {}),
             "ranks": self.num_ranks,
             "workers": self.num_workers,
-            **({"epsilon": next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0),
-                "dp_delta": self.cfg.dp_delta} if self.algorithm.dp else {}),
+            **({"dp": self._privacy()} if self.algorithm.dp else {}),
             "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
         })
+
+    def _privacy(self) -> dict:
+        """What the DP guarantee of the run is, and of which mechanism (algorithms/privacy.py)."""
+        from fedmpi.algorithms import privacy
+
+        return {"epsilon": next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0),
+                "delta": self.cfg.dp_delta, "noise_multiplier": self.cfg.dp_noise_multiplier,
+                "clip": self.cfg.dp_clip, "sampling": privacy.SAMPLING, "neighbouring": privacy.NEIGHBOURING,
+                "accountant": self.algorithm.accountant}
 
     def stop(self) -> None:
         self.log.close()

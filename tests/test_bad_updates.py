@@ -28,6 +28,35 @@ def test_a_non_finite_update_ends_the_run_as_diverged_keeping_the_last_finite_we
     assert np.abs(final_weights(run) - expected).max() < TOL
 
 
+# The server's step in round 2 is infinite (as DP noise of dp_clip 1e300 made it) while every client's
+# update is finite: a fault put into rank 0's server optimizer of a real job.
+SERVER_OVERFLOWS_IN_ROUND_2 = """
+import sys
+import fedmpi.algorithms.optimizers as optimizers
+original = optimizers.ServerOptimizer.step
+calls = []
+def step(self, weights, delta):
+    calls.append(1)
+    return original(self, weights, delta * float("inf") if len(calls) == 2 else delta)
+optimizers.ServerOptimizer.step = step
+from fedmpi.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_non_finite_server_update_ends_the_run_as_diverged_naming_the_server(federation, tmp_path):
+    fed, run = federation(clients=10), tmp_path / "run"
+    r = launch(3, ["--data", str(fed), "--out", str(run), *FLAGS, "--rounds", "3"],
+               script=SERVER_OVERFLOWS_IN_ROUND_2, timeout=120)
+    assert r.returncode == 3, f"{r.stdout}\n{r.stderr}"
+    assert "fedmpi: error: round 2: the server's update is non-finite" in r.stderr, r.stderr
+    assert "client" not in r.stderr.split("although")[0]  # it no longer blames the clients
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["diverged"] == {"round": 2, "clients": [], "server": True} and summary["rounds"] == 1
+    expected = seq_fedavg(fed, "2nn", 1.0, 1, 200, 0.05, rounds=1, seed=2)  # w_1: round 2 never applied
+    assert np.abs(final_weights(run) - expected).max() < TOL
+
+
 def test_skip_drops_the_bad_client_and_renormalises(federation, tmp_path):
     fed = federation(clients=10)
     r = launch(3, ["--data", str(fed), "--out", str(tmp_path / "run"), *FLAGS, "--on-bad-update", "skip"],

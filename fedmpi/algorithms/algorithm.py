@@ -22,6 +22,7 @@ class Algorithm:
         self.scaffold = cfg.algorithm == "scaffold"
         self.mu = cfg.prox_mu if cfg.algorithm == "fedprox" else 0.0
         self.dp = cfg.dp_clip > 0
+        self.accountant = privacy.accountant_name() if self.dp else None  # in set-up: a missing extra is one line
         self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum,
                                          cfg.server_beta1, cfg.server_beta2, cfg.server_tau, num_params)
         # SCAFFOLD: broadcast [c | c_k of each sampled slot], reduce [Δc_k of each slot]
@@ -45,19 +46,21 @@ class Algorithm:
             extra[self.p:] = self.control[sampled].ravel()
 
     def server_step(self, weights: np.ndarray, delta_sum: np.ndarray, weight: float, extra: np.ndarray,
-                    round_: int, sampled: np.ndarray) -> dict:
-        """w_{t+1} from the reduced sums (in place); returns what the round's record gains."""
+                    round_: int, sampled: np.ndarray) -> dict | None:
+        """w_{t+1} from the reduced sums (in place); returns what the round's record gains, or None when
+        w_{t+1} would not be finite (the weights are then left as they were)."""
         record = {}
         if self.dp:
             std = self.cfg.dp_noise_multiplier * self.cfg.dp_clip
             noise = np.empty(self.dim)
             noise[self.order] = privacy.noise(self.cfg.seed, round_, std, self.dim)  # drawn in state_dict order
             average = (delta_sum + noise) / self.m
-            record["epsilon"] = privacy.epsilon(self.cfg.dp_noise_multiplier, self.m / self.k, round_,
+            record["epsilon"] = privacy.epsilon(self.cfg.dp_noise_multiplier, self.k, self.m, round_,
                                                 self.cfg.dp_delta)
         else:
             average = delta_sum / weight
-        self.optimizer.step(weights, average)
+        if not self.optimizer.step(weights, average):
+            return None
         if self.scaffold:
             changes = extra.reshape(self.m, self.p)
             self.control[sampled] += changes

@@ -34,8 +34,9 @@ class ServerOptimizer:
             self.state["m"] = np.zeros(num_params)
             self.state["v"] = np.full(num_params, tau * tau)
 
-    def step(self, weights: np.ndarray, delta: np.ndarray) -> None:
-        """weights (float32 or float64, updated in place) from the averaged update `delta` (float64)."""
+    def step(self, weights: np.ndarray, delta: np.ndarray) -> bool:
+        """weights (float32 or float64, updated in place) from the averaged update `delta` (float64); False,
+        with the weights left as they were, when the new ones would not be finite in their dtype."""
         p = self.p
         new = weights.astype(np.float64)
         new[p:] += delta[p:]  # buffers: averaged
@@ -60,4 +61,9 @@ class ServerOptimizer:
             else:
                 v += square
             new[:p] += self.lr * m / (np.sqrt(v) + self.tau)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, refused below
+            new = new.astype(weights.dtype)
+        if not np.isfinite(new).all():
+            return False
         weights[:] = new
+        return True
