@@ -5,7 +5,7 @@ the federation's fingerprint (data.Federation.fingerprint), the model's
 tensor names and shapes (engine.FlatModel.signature), round r's
 metrics record that still awaits its accuracy and the algorithm's state
 (server optimizer moments, SCAFFOLD's control variates), plus a sha256 over
-all of them. DP-FedAvg's privacy ledger is (z, m/K, r): the config and r.
+all of them. DP-FedAvg's privacy ledger is (z, m, K, r): the config and r.
 It is built in memory and written atomically (fedmpi.files), so a kill
 at any moment leaves the old or the new checkpoint, never a torn one; a
 checkpoint damaged later (a flipped bit on disk) is refused by its checksum.
