@@ -80,6 +80,10 @@ NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "thre
                 "workers_per_node", "setup_timeout"}
 
 
+# Fields that are one algorithm's own setting: a sweep's [base] gives them to that algorithm's runs only.
+ALGORITHM_FIELDS = {"prox_mu": "fedprox"}
+
+
 def _parse_batch_size(value):
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "∞", "full"):
         return 0
@@ -192,10 +196,18 @@ def validate(cfg: RunConfig) -> None:
         bad("device", f"choose auto, cpu, cuda or cuda:N, got '{cfg.device}'")
 
 
+SERVER_STEPS = {"fedadam": "--server-optimizer adam", "fedyogi": "--server-optimizer yogi",
+                "fedadagrad": "--server-optimizer adagrad", "fedavgm": "--server-optimizer momentum",
+                "dp-fedavg": "--dp-clip S --dp-noise-multiplier z", "dpfedavg": "--dp-clip S --dp-noise-multiplier z"}
+
+
 def _validate_algorithm(cfg: RunConfig, bad) -> None:
     from fedmpi.algorithms import NAMES
     from fedmpi.algorithms.optimizers import NAMES as OPTIMIZERS
 
+    # Names from the papers that are a server optimizer or DP on top of an algorithm here
+    if cfg.algorithm.lower() in SERVER_STEPS:
+        bad("algorithm", f"'{cfg.algorithm}' is FedAvg with {SERVER_STEPS[cfg.algorithm.lower()]}")
     for field, choices in (("algorithm", NAMES), ("server_optimizer", OPTIMIZERS)):
         value = getattr(cfg, field)
         if value not in choices:

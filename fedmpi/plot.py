@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedmpi.errors import ArgumentParser, FedMPIError  # noqa: E402
 from fedmpi.metrics import read_metrics  # noqa: E402
-from fedmpi.results import best_lr, markdown, run_result  # noqa: E402
+from fedmpi.results import best_lr, markdown, optimizer, run_config, run_result  # noqa: E402
 from fedmpi.scaling import read_csv  # noqa: E402
 
 PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker + reduce"),
@@ -30,6 +30,9 @@ PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker
 
 def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target: float | None = None,
                   log_x: bool = False) -> None:
+    runs = [run for run in runs if (Path(run) / "config.toml").is_file()]  # a sweep's plan/ is no run
+    if not runs:
+        raise FedMPIError("no run folders among the arguments")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lowest = 100.0
     one_parent = len({Path(run).resolve().parent for run in runs}) == 1
@@ -51,7 +54,8 @@ def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7 if len(runs) > 6 else None)
-    ax.set_title(title or "FedAvg test accuracy")
+    names = {optimizer(run_config(run)) for run in runs}
+    ax.set_title(title or f"{names.pop() if len(names) == 1 else 'Federated'} test accuracy")
     _save(fig, out)
 
 

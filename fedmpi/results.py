@@ -1,4 +1,5 @@
-"""Rounds to a target accuracy, per run and per setting, as a Markdown table.
+"""Rounds to a target accuracy (or, without one, the best accuracy), per run and per setting, as a
+Markdown table.
 
 A setting is a run's configuration without its tuned values (the client's
 η, the server's η, FedProx's μ) and seed; with `best_lr`, the table keeps
@@ -29,20 +30,23 @@ def run_result(run: Path, target: float | None = None) -> dict | None:
     it diverged in (summary.json); None for a run that has not evaluated a round yet (just started)."""
     if not (run / "config.toml").is_file():
         raise FedMPIError(f"{run}: not a run folder (no config.toml)")
-    cfg = {**asdict(RunConfig()), **read_toml(str(run / "config.toml"))}  # fields added since: defaults
-    target = target if target is not None else cfg.get("target_accuracy") or None
-    if target is None:
-        raise FedMPIError(f"{run}: no target accuracy (the run has none; pass --target)")
+    cfg = run_config(run)
+    target = target if target is not None else cfg.get("target_accuracy") or None  # None: best accuracy only
     records = read_metrics(run)
     evaluated = [r for r in records if "test_accuracy" in r]
     if not evaluated:
         return None
-    hit = next((r["round"] for r in evaluated if r["test_accuracy"] >= target), None)
+    hit = next((r["round"] for r in evaluated if r["test_accuracy"] >= target), None) if target else None
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     return {**{k: cfg[k] for k in (*SETTING, *TUNED, "seed")}, "run": str(run), "target": target,
             "rounds_to_target": hit, "best_accuracy": max(r["test_accuracy"] for r in evaluated),
             "rounds_run": records[-1]["round"], "train_seconds": sum(r.get("seconds", 0.0) for r in records),
             "diverged": (summary.get("diverged") or {}).get("round")}
+
+
+def run_config(run: Path) -> dict:
+    """A run's config.toml, with the defaults of fields added since it was written."""
+    return {**asdict(RunConfig()), **read_toml(str(Path(run) / "config.toml"))}
 
 
 def best_lr(results: list[dict]) -> list[dict]:
@@ -80,12 +84,13 @@ def markdown(results: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         reached = (r["rounds_to_target"] if r["rounds_to_target"] is not None else
-                   f"diverged in round {r['diverged']}" if r["diverged"] else f"not in {r['rounds_run']}")
+                   f"diverged in round {r['diverged']}" if r["diverged"] else
+                   f"not in {r['rounds_run']}" if r["target"] else "–")
         grid_cell = (tuned(r) if optimizers else ", ".join(f"{x:g}" for x in r["grid"]["lr"])) if grid else None
         cells = [Path(r["data"]).name, r["model"], *([optimizer(r)] if optimizers else []), f"{r['fraction']:g}",
                  r["epochs"], r["batch_size"] or "∞", f"{r['lr']:g}", *([grid_cell] if grid else []), r["seed"],
-                 f"{100 * r['target']:g} %", reached, f"{100 * r['best_accuracy']:.2f} %", r["rounds_run"],
-                 _duration(r["train_seconds"])]
+                 f"{100 * r['target']:g} %" if r["target"] else "–", reached, f"{100 * r['best_accuracy']:.2f} %",
+                 r["rounds_run"], _duration(r["train_seconds"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

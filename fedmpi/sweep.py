@@ -38,7 +38,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
+from fedmpi.config import ALGORITHM_FIELDS, FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.runfolder import MARKER, hold_lock
 
@@ -86,7 +86,11 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
     for row in rows:
         axes = {k: v if isinstance(v, list) else [v] for k, v in {**grid, **row}.items()}
         for values in itertools.product(*axes.values()):
-            points.append({**base, **dict(zip(axes, values))})
+            chosen = dict(zip(axes, values))
+            algorithm = chosen.get("algorithm", base.get("algorithm", "fedavg"))
+            # [base] may set one algorithm's own settings (prox_mu) for a grid over algorithms
+            shared = {k: v for k, v in base.items() if ALGORITHM_FIELDS.get(k, algorithm) == algorithm}
+            points.append({**shared, **chosen})
     if not points:
         raise FedMPIError(f"sweep file {path}: the grid is empty (a list with no values?)")
     varying = [k for k in FIELD_NAMES if len({json.dumps(p.get(k)) for p in points}) > 1]

@@ -200,6 +200,8 @@ def test_kill_9_then_resume_on_another_rank_count_restores_the_algorithms_state(
 
 @pytest.mark.parametrize("options, expected", [
     (["--algorithm", "fedprx"], ["'algorithm'", "did you mean 'fedprox'"]),
+    (["--algorithm", "fedadam"], ["'algorithm'", "'fedadam' is FedAvg with --server-optimizer adam"]),
+    (["--algorithm", "DP-FedAvg"], ["'algorithm'", "--dp-clip S --dp-noise-multiplier z"]),
     (["--server-optimizer", "adamw"], ["'server_optimizer'", "did you mean 'adam'"]),
     (["--algorithm", "fedprox", "--prox-mu", "-0.1"], ["'prox_mu'", ">= 0"]),
     (["--server-lr", "0"], ["'server_lr'", "> 0"]),

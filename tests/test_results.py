@@ -130,11 +130,10 @@ def test_a_diverged_run_says_so(capsys, tmp_path):
     assert [r["rounds to target"] for r in table(capsys, run)] == ["diverged in round 3"]
 
 
-def test_a_run_without_target_needs_the_flag(capsys, tmp_path):
+def test_a_run_without_target_shows_its_best_accuracy(capsys, tmp_path):
     run = make_run(tmp_path / "r", [0.1, 0.8, 0.93])  # target_accuracy = 0: none
-    r = plot("table", run)
-    assert r.returncode == 2 and r.stderr.startswith("fedmpi.plot: error:") and "--target" in r.stderr
-    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    row, = table(capsys, run)
+    assert (row["target"], row["rounds to target"], row["best acc."]) == ("–", "–", "93.00 %")
     assert [row["rounds to target"] for row in table(capsys, run, "--target", "0.9")] == ["2"]
 
 
@@ -163,6 +162,15 @@ def test_accuracy_plot_with_target_writes_a_png(sweep_folder, tmp_path):
     r = plot(sweep_folder / "E1_lr0.05", sweep_folder / "E1_lr0.1", "--target", "0.97", "--log-x", "-o", out)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_plot_of_a_whole_sweep_folder_skips_its_plan(sweep_folder, tmp_path):
+    """`python -m fedmpi.plot SWEEP/*` met the sweep's plan/ folder and failed."""
+    (sweep_folder / "plan").mkdir()
+    (sweep_folder / "plan" / "x.toml").write_text("lr = 0.1\n")
+    out = tmp_path / "all.png"
+    r = plot(*sorted(sweep_folder.iterdir()), "-o", out)
+    assert r.returncode == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{r.stdout}\n{r.stderr}"
 
 
 def test_a_run_without_an_evaluated_round_is_left_out_with_a_note(tmp_path, capsys):

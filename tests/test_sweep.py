@@ -22,7 +22,7 @@ import pytest
 import tomli_w
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, PYTHON, final_weights, launch
+from helpers import MPIEXEC, PYTHON, comparable, final_weights, launch
 
 TIMEOUT_S = 240  # only guards against a hang
 # A tiny 2NN: federation() has 100 clients, C = 0.02 trains 2 of them (600 examples each) per round.
@@ -62,10 +62,6 @@ def listing(sweep_file: Path) -> list[list[str]]:
     return [line.split("\t") for line in r.stdout.splitlines()]
 
 
-def without_timing(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in rec.items() if k not in ("seconds", "time")} for rec in read_metrics(run_dir)]
-
-
 # ---- names ---------------------------------------------------------------------------------------
 
 def test_list_names_grid_points_and_rows_crossed_with_the_grid(tmp_path):
@@ -103,6 +99,16 @@ def test_list_names_grid_points_and_rows_crossed_with_the_grid(tmp_path):
     assert not out.exists()  # --list runs and writes nothing
 
 
+def test_an_algorithms_own_setting_in_base_goes_to_that_algorithms_runs_only(tmp_path):
+    """prox_mu in [base] with a grid over algorithms: it was refused for the FedAvg runs."""
+    from fedmpi.sweep import load_sweep
+
+    spec = write_sweep(tmp_path / "s.toml", tmp_path / "out", {**BASE, "data": "fed", "prox_mu": 0.01},
+                       grid={"algorithm": ["fedavg", "fedprox"]})
+    _, runs = load_sweep(str(spec))
+    assert {run.name: run.config["prox_mu"] for run in runs} == {"fedavg": 0.0, "fedprox_mu0.01": 0.01}
+
+
 # ---- running -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -133,7 +139,7 @@ def test_sweep_runs_every_run_as_a_direct_fedmpi_run_would(swept):
         run = swept["out"] / name
         assert [rec["round"] for rec in read_metrics(run)] == [0, 1, 2, 3]
         np.testing.assert_array_equal(final_weights(run), final_weights(reference), err_msg=name)
-        assert without_timing(run) == without_timing(reference)
+        assert comparable(run) == comparable(reference)
     assert [state for _, state, _ in listing(swept["file"])] == ["complete", "complete"]
 
 
@@ -145,7 +151,7 @@ def test_an_interrupted_run_is_resumed_to_the_weights_of_an_uninterrupted_one(sw
     assert "resuming at round 1" in out, out
     run = swept["out"] / "lr0.1"
     np.testing.assert_array_equal(final_weights(run), final_weights(swept["direct"]["lr0.1"]))
-    assert without_timing(run) == without_timing(swept["direct"]["lr0.1"])
+    assert comparable(run) == comparable(swept["direct"]["lr0.1"])
 
 
 def test_a_second_sweep_skips_every_complete_run(swept):
