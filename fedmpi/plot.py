@@ -14,15 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fedmpi.errors import ArgumentParser, FedMPIError  # noqa: E402
-from fedmpi.metrics import read_metrics  # noqa: E402
-from fedmpi.results import best_lr, markdown, optimizer, run_config, run_result  # noqa: E402
-from fedmpi.scaling import read_csv  # noqa: E402
+from fedmpi.errors import ArgumentParser, FedMPIError
+from fedmpi.metrics import read_metrics
+from fedmpi.results import best_lr, markdown, optimizer, run_config, run_result
+from fedmpi.scaling import read_csv
 
 PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker + reduce"),
          ("bcast_s", "broadcast"), ("server_s", "server update, logging")]
@@ -33,7 +28,7 @@ def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target:
     runs = [run for run in runs if (Path(run) / "config.toml").is_file()]  # a sweep's plan/ is no run
     if not runs:
         raise FedMPIError("no run folders among the arguments")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     lowest = 100.0
     one_parent = len({Path(run).resolve().parent for run in runs}) == 1
     for run in runs:
@@ -64,7 +59,7 @@ def plot_scaling(csvs: list[Path], out: Path, cores: int | None = None, title: s
     if not rows:
         raise FedMPIError(f"{', '.join(map(str, csvs))}: no rows")
     series = list(dict.fromkeys(r["series"] for r in rows))
-    fig, (ax_s, ax_e, ax_t) = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, (ax_s, ax_e, ax_t) = _pyplot().subplots(1, 3, figsize=(15, 4.4))
     for name in series:
         sr = sorted((r for r in rows if r["series"] == name), key=lambda r: r["ranks"])
         p = [r["ranks"] for r in sr]
@@ -98,12 +93,25 @@ def plot_scaling(csvs: list[Path], out: Path, cores: int | None = None, title: s
     _save(fig, out)
 
 
+def _pyplot():
+    """matplotlib's pyplot, drawing into files (no display); a one-line error naming the extra if it is
+    not installed (tables need none)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise FedMPIError("plots need matplotlib: pip install 'fedmpi[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, out: Path) -> None:
     fig.tight_layout()
     try:
         _write(out, lambda path: fig.savefig(path, dpi=110))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
 
 
 def _write(out: Path, write) -> None:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import tomli_w
@@ -42,7 +43,9 @@ from fedmpi.config import ALGORITHM_FIELDS, FIELD_NAMES, NON_SEMANTIC, RunConfig
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.runfolder import MARKER, hold_lock
 
-SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "fedavg.sbatch"
+# jobs/ is part of the package (jobs/ at the top of a clone points into it), so that a plain
+# `pip install .` can submit too
+SBATCH_SCRIPT = Path(str(resources.files("fedmpi") / "jobs" / "fedavg.sbatch"))
 SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
 FINISHED = ("complete", "diverged")  # states the sweep does not run again
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -38,7 +38,10 @@ def from_folder(folder: Path, torchvision_class: str) -> Dataset:
 
 def from_torchvision(name: str, torchvision_class: str) -> Dataset:
     """Download with torchvision (needs internet), then read the IDX files it keeps."""
-    import torchvision
+    try:
+        import torchvision
+    except ImportError:
+        raise FedMPIError("--source torchvision needs torchvision: pip install 'fedmpi[vision]'") from None
 
     root = cache_dir()
     cls = getattr(torchvision.datasets, torchvision_class)
