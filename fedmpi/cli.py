@@ -11,51 +11,17 @@ import sys
 import time
 import traceback
 
-from fedmpi import __version__, models
-from fedmpi.config import FIELD_NAMES
+from fedmpi import __version__
+from fedmpi.config import FIELD_HELP, FIELD_NAMES, RunConfig
 from fedmpi.errors import ArgumentParser, FedMPIError
-
-FLAG_HELP = {
-    "data": "federation folder written by python -m data_prep",
-    "model": models.help_text(),
-    "fraction": "C, share of clients per round (0 = one client)",
-    "epochs": "E, local epochs",
-    "batch_size": "B, local minibatch size; 0 or inf = the whole local set (FedSGD: E=1, B=inf)",
-    "lr": "η, client learning rate",
-    "rounds": "T, communication rounds",
-    "seed": "seed of model init, client sampling and shuffling",
-    "out": "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
-    "eval_every": "evaluate the global model every N rounds (always the last)",
-    "checkpoint_every": "write a checkpoint every N rounds (always the last)",
-    "on_bad_update": "abort (end the run as diverged, exit 3) | skip (leave the client out): a NaN/Inf update",
-    "device": "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
-    "threads": "torch threads per rank (0 = OMP_NUM_THREADS, else the rank's CPU binding, "
-               "else node cores / worker ranks)",
-    "target_accuracy": "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
-    "workers_per_node": "ranks per node that host clients (0 = the node's cores; further ranks wait idle)",
-    "precision": "float32 | float64: dtype of the weights and the training (float64 to check numerics)",
-    "stack_clients": "most clients a worker trains together (0 = auto, 1 = one at a time; see docs/architecture.md)",
-    "algorithm": "fedavg | fedprox | scaffold",
-    "prox_mu": "FedProx's μ (algorithm fedprox)",
-    "server_optimizer": "sgd | momentum | adam | yogi | adagrad: how the server applies the averaged update",
-    "server_lr": "the server's learning rate (sgd with 1: FedAvg)",
-    "server_momentum": "server momentum (server_optimizer momentum: FedAvgM)",
-    "server_beta1": "adam, yogi, adagrad: first-moment decay β1",
-    "server_beta2": "adam, yogi: second-moment decay β2",
-    "server_tau": "adam, yogi, adagrad: adaptivity τ",
-    "dp_clip": "DP-FedAvg: clip each client's update to this L2 norm (0 = no DP)",
-    "dp_noise_multiplier": "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
-    "dp_delta": "DP-FedAvg: δ of the (ε, δ) written every round",
-    "setup_timeout": "seconds set-up may take (imports, model, shards) before the job ends with one line "
-                     "naming the ranks that had not finished; 0 = no limit",
-}
-
 
 def parse_args(argv):
     p = ArgumentParser(prog="python -m fedmpi", description="Federated Averaging over MPI (rank 0 = server).")
     p.add_argument("--config", help="TOML file with any of the fields below; flags override it")
+    defaults = vars(RunConfig())
     for name in FIELD_NAMES:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, help=FLAG_HELP[name])
+        default = f"default {defaults[name]}" if defaults[name] != "" else "required"
+        p.add_argument("--" + name.replace("_", "-"), dest=name, help=f"{FIELD_HELP[name]} ({default})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--version", action="version", version=f"fedmpi {__version__}")
     p.add_argument("--resume", action="store_true",

@@ -29,40 +29,66 @@ MAX_DP = 1e6  # the largest dp_clip and dp_noise_multiplier (see _validate_algor
 DEFAULT_SETUP_TIMEOUT_S = 600.0
 
 
+def _field(default, help: str, *, semantic: bool = True, label: str | None = None, table: str | None = None):
+    """A RunConfig field and everything fedmpi says of it, in one place.
+
+    help: its --help text (the default is added); semantic: whether it changes the result (if not,
+    a resumed run may change it, and sweeps leave it out of run names where they can); label: its
+    short name in a sweep's run names ("" = the value alone; None: "name=value"); table: "setting"
+    for a column that groups result tables, or the symbol a tuned value is shown as there (η, μ)."""
+    return dataclasses.field(default=default, metadata={"help": help, "semantic": semantic, "label": label,
+                                                        "table": table})
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Names follow the paper (C, E, B, η, T)."""
 
-    data: str = ""              # federation folder written by data_prep
-    model: str = "2nn"          # a built-in name (fedmpi.models) or "package.module:function"
-    fraction: float = 0.1       # C: share of clients per round; 0 = exactly one
-    epochs: int = 1             # E: local epochs
-    batch_size: int = 10        # B: local minibatch; 0 = the whole local set (B = ∞)
-    lr: float = 0.1             # η: client SGD learning rate
-    rounds: int = 50            # T: communication rounds
-    seed: int = 0               # seeds model init, sampling and client shuffling
-    out: str = "runs/fedavg"    # run folder
-    eval_every: int = 1         # evaluate the global model every N rounds (and the last)
-    checkpoint_every: int = 10  # write checkpoint.h5 every N rounds (and the last); 0 = only at the end
-    on_bad_update: str = "abort"  # abort (end the run as diverged) | skip: what a non-finite client update does
-    device: str = "auto"        # auto | cpu | cuda | cuda:N
-    threads: int = 0            # torch threads per rank; 0 = OMP_NUM_THREADS, else CPU binding, else cores / workers
-    target_accuracy: float = 0.0  # stop at the first evaluated round with test accuracy >= this; 0 = never
-    workers_per_node: int = 0   # ranks per node that host clients; 0 = the node's cores (the rest wait idle)
-    precision: str = "float32"  # float32 | float64: the dtype of weights and training
-    stack_clients: int = 0      # most clients a worker trains together; 0 = auto, 1 = one at a time
-    algorithm: str = "fedavg"   # fedavg | fedprox | scaffold (fedmpi.algorithms)
-    prox_mu: float = 0.0        # FedProx's μ
-    server_optimizer: str = "sgd"  # sgd | momentum | adam | yogi | adagrad (on the averaged update)
-    server_lr: float = 1.0      # the server's learning rate (sgd with 1.0: FedAvg)
-    server_momentum: float = 0.9  # momentum (FedAvgM)
-    server_beta1: float = 0.9   # adam, yogi, adagrad: first-moment decay
-    server_beta2: float = 0.99  # adam, yogi: second-moment decay
-    server_tau: float = 1e-3    # adam, yogi, adagrad: adaptivity τ
-    dp_clip: float = 0.0        # DP-FedAvg: clip each client's update to this L2 norm; 0 = no DP
-    dp_noise_multiplier: float = 0.0  # DP-FedAvg: noise std = this × dp_clip, on the sum of updates
-    dp_delta: float = 1e-5      # DP-FedAvg: the δ of the (ε, δ) reported every round
-    setup_timeout: float = DEFAULT_SETUP_TIMEOUT_S  # seconds set-up may take before the job ends; 0 = no limit
+    data: str = _field("", "federation folder written by python -m data_prep", semantic=False, table="setting")
+    model: str = _field("2nn", models.help_text(), label="", table="setting")
+    fraction: float = _field(0.1, "C, share of clients per round (0 = one client)", label="C", table="setting")
+    epochs: int = _field(1, "E, local epochs", label="E", table="setting")
+    batch_size: int = _field(10, "B, local minibatch size; 0 or inf = the whole local set (FedSGD: E=1, B=inf)",
+                             label="B", table="setting")
+    lr: float = _field(0.1, "η, client learning rate", label="lr", table="η")
+    rounds: int = _field(50, "T, communication rounds", semantic=False)
+    seed: int = _field(0, "seed of model init, client sampling and shuffling", label="seed")
+    out: str = _field("runs/fedavg", "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
+                      semantic=False)
+    eval_every: int = _field(1, "evaluate the global model every N rounds (always the last)", semantic=False)
+    checkpoint_every: int = _field(10, "write a checkpoint every N rounds (always the last); 0 = only the last",
+                                   semantic=False)
+    on_bad_update: str = _field("abort", "abort (end the run as diverged, exit 3) | skip (leave the client out): "
+                                "a NaN/Inf update")
+    device: str = _field("auto", "auto | cpu | cuda | cuda:N (auto: GPU local_rank mod #GPUs, else CPU)",
+                         semantic=False)
+    threads: int = _field(0, "torch threads per rank (0 = OMP_NUM_THREADS, else the rank's CPU binding, else node "
+                          "cores / worker ranks)", semantic=False)
+    target_accuracy: float = _field(0.0, "stop once the test accuracy reaches this (e.g. 0.99); 0 = run all rounds",
+                                    semantic=False)
+    workers_per_node: int = _field(0, "ranks per node that host clients (0 = the node's cores; further ranks wait "
+                                   "idle)", semantic=False)
+    precision: str = _field("float32", "float32 | float64: dtype of the weights and the training (float64 to check "
+                            "numerics)")
+    # semantic: stacked through vmap, a CNN's step rounds otherwise on a CPU than one client at a time
+    stack_clients: int = _field(0, "most clients a worker trains together (0 = auto, 1 = one at a time; see "
+                                "docs/architecture.md)")
+    algorithm: str = _field("fedavg", "fedavg | fedprox | scaffold", label="", table="setting")
+    prox_mu: float = _field(0.0, "FedProx's μ (algorithm fedprox)", label="mu", table="μ")
+    server_optimizer: str = _field("sgd", "sgd | momentum | adam | yogi | adagrad: how the server applies the "
+                                   "averaged update", label="", table="setting")
+    server_lr: float = _field(1.0, "the server's learning rate (sgd with 1: FedAvg)", label="slr", table="server η")
+    server_momentum: float = _field(0.9, "server momentum (server_optimizer momentum: FedAvgM)", label="beta")
+    server_beta1: float = _field(0.9, "adam, yogi, adagrad: first-moment decay β1")
+    server_beta2: float = _field(0.99, "adam, yogi: second-moment decay β2")
+    server_tau: float = _field(1e-3, "adam, yogi, adagrad: adaptivity τ, in (0, 1]")
+    dp_clip: float = _field(0.0, "DP-FedAvg: clip each client's update to this L2 norm (0 = no DP)", label="S")
+    dp_noise_multiplier: float = _field(0.0, "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
+                                        label="z", table="setting")
+    dp_delta: float = _field(1e-5, "DP-FedAvg: δ of the (ε, δ) written every round")
+    setup_timeout: float = _field(DEFAULT_SETUP_TIMEOUT_S, "seconds set-up may take (imports, model, shards) before "
+                                  "the job ends with one line naming the ranks that had not finished; 0 = no limit",
+                                  semantic=False)
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -73,11 +99,13 @@ class RunConfig:
 
 
 FIELD_NAMES = [f.name for f in fields(RunConfig)]
+FIELD_HELP = {f.name: f.metadata["help"] for f in fields(RunConfig)}
 # Fields that do not change the computed result; a resumed run may differ in them
-# (the federation itself is pinned by its manifest sha256, not by its path). stack_clients is not
-# one: stacked through vmap, a CNN's step rounds otherwise on a CPU than one client at a time.
-NON_SEMANTIC = {"data", "out", "eval_every", "checkpoint_every", "device", "threads", "rounds", "target_accuracy",
-                "workers_per_node", "setup_timeout"}
+# (the federation itself is pinned by its manifest sha256, not by its path).
+NON_SEMANTIC = {f.name for f in fields(RunConfig) if not f.metadata["semantic"]}
+LABELS = {f.name: f.metadata["label"] for f in fields(RunConfig) if f.metadata["label"] is not None}
+SETTING = tuple(f.name for f in fields(RunConfig) if f.metadata["table"] == "setting")
+TUNED = {f.name: f.metadata["table"] for f in fields(RunConfig) if f.metadata["table"] not in (None, "setting")}
 
 
 # Fields that are one algorithm's own setting: a sweep's [base] gives them to that algorithm's runs only.

@@ -14,13 +14,10 @@ from pathlib import Path
 
 from dataclasses import asdict
 
-from fedmpi.config import RunConfig, read_toml
+from fedmpi.config import SETTING, TUNED, RunConfig, read_toml
 from fedmpi.errors import FedMPIError
 from fedmpi.metrics import read_metrics
 
-SETTING = ("data", "model", "fraction", "epochs", "batch_size", "algorithm", "server_optimizer",
-           "dp_noise_multiplier")
-TUNED = {"lr": "η", "server_lr": "server η", "prox_mu": "μ"}
 OPTIMIZER = {"sgd": "", "momentum": "FedAvgM", "adam": "FedAdam", "yogi": "FedYogi", "adagrad": "FedAdagrad"}
 ALGORITHM = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD"}
 

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import tomli_w
 
-from fedmpi.config import ALGORITHM_FIELDS, FIELD_NAMES, NON_SEMANTIC, RunConfig, build_config, read_toml
+from fedmpi.config import (ALGORITHM_FIELDS, FIELD_NAMES, LABELS, NON_SEMANTIC, RunConfig, build_config,
+                           read_toml)
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.runfolder import MARKER, hold_lock
 
@@ -50,10 +51,6 @@ SWEEP_KEYS = {"out", "ranks", "base", "grid", "rows"}
 FINISHED = ("complete", "diverged")  # states the sweep does not run again
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 ORPHAN_WAIT_S = 600  # a job whose runner died ends after its round: ten minutes cover the paper's longest rounds
-# Short labels of the usual grid axes in run names: E5_B10_lr0.05_seed0.
-LABELS = {"model": "", "fraction": "C", "epochs": "E", "batch_size": "B", "lr": "lr", "seed": "seed",
-          "algorithm": "", "server_optimizer": "", "server_lr": "slr", "prox_mu": "mu", "server_momentum": "beta",
-          "dp_noise_multiplier": "z", "dp_clip": "S"}
 
 
 @dataclass

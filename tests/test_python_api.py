@@ -43,3 +43,18 @@ def test_version_is_the_installed_packages():
 
     r = launch(0, ["--version"], timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"fedmpi {version('fedmpi')}", r.stdout + r.stderr
+
+
+def test_help_shows_every_field_with_its_default():
+    """Help text and default come from one declaration per field (fedmpi.config.RunConfig)."""
+    from dataclasses import fields
+
+    from fedmpi.config import RunConfig
+
+    r = launch(0, ["--help"], timeout=60)
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    assert r.returncode == 0, r.stderr
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        shown = "(required)" if f.default == "" else f"(default {f.default})"
+        assert flag in text and shown in text.split(flag, 2)[-1].split(" --")[0], f"{flag}: {shown}"
