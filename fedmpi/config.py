@@ -86,6 +86,10 @@ class RunConfig:
     dp_noise_multiplier: float = _field(0.0, "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
                                         label="z", table="setting")
     dp_delta: float = _field(1e-5, "DP-FedAvg: δ of the (ε, δ) written every round")
+    tensorboard: bool = _field(False, "also write every round's numbers as TensorBoard event files under "
+                               "RUN/tensorboard/ (the tensorboard extra)", semantic=False)
+    sink: str = _field("", 'your own sink for round records, "package.module:Class" (docs: fedmpi/sinks.py)',
+                       semantic=False)
     setup_timeout: float = _field(DEFAULT_SETUP_TIMEOUT_S, "seconds set-up may take (imports, model, shards) before "
                                   "the job ends with one line naming the ranks that had not finished; 0 = no limit",
                                   semantic=False)
@@ -124,6 +128,12 @@ def _coerce(name: str, value, kind: type):
     if name == "batch_size":
         value = _parse_batch_size(value)
     try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -204,6 +214,8 @@ def validate(cfg: RunConfig) -> None:
         bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
     if cfg.workers_per_node < 0:
         bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
+    if cfg.sink and not models.USER_MODEL.match(cfg.sink):
+        bad("sink", f'name your sink as "package.module:Class", got {cfg.sink!r}')
     if not (math.isfinite(cfg.setup_timeout) and cfg.setup_timeout >= 0):
         bad("setup_timeout", f"must be a number of seconds >= 0 (0 = no limit), got {cfg.setup_timeout}")
     if not 0 <= cfg.threads <= MAX_THREADS:

@@ -28,6 +28,7 @@ from fedmpi.files import remove_leftovers, write_atomically
 from fedmpi.metrics import read_metrics
 from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
 from fedmpi.runfolder import RunFolder
+from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.worker import Worker, load_shards
 
@@ -78,6 +79,8 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         checkpoint = load_checkpoint(run_dir, with_weights=True)
         history = read_metrics(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
         check_compatible(checkpoint, cfg, fed.fingerprint, run_dir / CHECKPOINT, history)
+    if comm.is_server:
+        sinks.check(cfg)
     begin("building the model")
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))

@@ -12,11 +12,13 @@ from fedmpi.files import cannot_write, write_atomically
 class MetricsLog:
     """metrics.jsonl, started over with the records a resumed run keeps (rewritten atomically)."""
 
-    def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict]):
+    def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict], sinks: list):
+        """`sinks`: further receivers of each record (fedmpi.sinks), closed with the log."""
         self.path = run_dir / "metrics.jsonl"
         write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.file = open(self.path, "a")
         self.total_rounds = total_rounds
+        self.sinks = sinks
 
     def write(self, record: dict) -> None:
         try:
@@ -25,6 +27,8 @@ class MetricsLog:
         except OSError as e:
             raise cannot_write(self.path, e) from None
         print(console_line(record, self.total_rounds), flush=True)
+        for sink in self.sinks:
+            sink.write(record)
 
     def sync(self) -> None:
         """Make the records written so far durable: called before each checkpoint, so that a crash can
@@ -37,6 +41,9 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def console_line(r: dict, total_rounds: int) -> str:

@@ -20,6 +20,7 @@ from fedmpi.algorithms.algorithm import Algorithm
 from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
 from fedmpi.metrics import MetricsLog, write_json
+from fedmpi.sinks import open_sinks
 
 
 class Server:
@@ -44,7 +45,8 @@ class Server:
             self.pending = resume.pending
             weights[:] = resume.weights
             algorithm.load_state(resume.state)
-        self.log = MetricsLog(run_dir, cfg.rounds, self.history)
+        sinks = open_sinks(run_dir, cfg, resume.round if resume else 0)
+        self.log = MetricsLog(run_dir, cfg.rounds, self.history, sinks)
         self.started = time.perf_counter()
 
     def end_step(self, step: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> None:
