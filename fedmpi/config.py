@@ -51,6 +51,8 @@ class RunConfig:
     batch_size: int = _field(10, "B, local minibatch size; 0 or inf = the whole local set (FedSGD: E=1, B=inf)",
                              label="B", table="setting")
     lr: float = _field(0.1, "η, client learning rate", label="lr", table="η")
+    lr_decay: float = _field(1.0, "the clients' η is multiplied by this every round: η_t = η · lr_decay^(t−1) "
+                             "(1 = constant)", label="decay")
     rounds: int = _field(50, "T, communication rounds", semantic=False)
     seed: int = _field(0, "seed of model init, client sampling and shuffling", label="seed")
     out: str = _field("runs/fedavg", "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
@@ -93,6 +95,10 @@ class RunConfig:
     setup_timeout: float = _field(DEFAULT_SETUP_TIMEOUT_S, "seconds set-up may take (imports, model, shards) before "
                                   "the job ends with one line naming the ranks that had not finished; 0 = no limit",
                                   semantic=False)
+
+    def client_lr(self, round_: int) -> float:
+        """η_t = η · lr_decay^(t−1), the clients' learning rate in round t (1, 2, ...)."""
+        return self.lr * self.lr_decay ** (round_ - 1)
 
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
@@ -200,6 +206,8 @@ def validate(cfg: RunConfig) -> None:
         bad("batch_size", f"B must be a positive size, or 0 / 'inf' for the whole local set, got {cfg.batch_size}")
     if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LR):
         bad("lr", f"the learning rate must be a finite number > 0 and at most {MAX_LR:g}, got {cfg.lr}")
+    if not (math.isfinite(cfg.lr_decay) and 0 < cfg.lr_decay <= 1):
+        bad("lr_decay", f"must lie in (0, 1] (1 = a constant η), got {cfg.lr_decay}")
     if not 0 <= cfg.seed <= MAX_SEED:
         bad("seed", f"must lie in 0..{MAX_SEED} (2^63 - 1), got {cfg.seed}")
     if cfg.rounds < 0:

@@ -101,11 +101,11 @@ class Worker:
             weights, losses = self.engine.train(
                 self.start, [data[mine[slot]] for slot in stack],
                 [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
-                self.cfg.epochs, self.batch, self.cfg.lr,
+                self.cfg.epochs, self.batch, self.cfg.client_lr(round_),
                 self.algorithm.correction(extra, stack, device, dtype))
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
-                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums)
+                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_)
         sums.add("train_seconds", time.perf_counter() - t)
 
     def data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +122,7 @@ class Worker:
         return self.clients[k]
 
     def _add(self, k: int, slot: int, delta: torch.Tensor, loss: float, extra: np.ndarray,
-             sums: RoundSums) -> None:
+             sums: RoundSums, round_: int) -> None:
         """Client k's update Δ_k (float64) into the round's sums (as its algorithm says), or its 'bad
         update' flag (rank 0 then skips the client or ends the run as diverged: on_bad_update)."""
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
@@ -130,6 +130,6 @@ class Worker:
             return
         n = int(self.fed.sizes[k])
         steps = self.cfg.epochs * -(-n // (self.batch or n))
-        self.algorithm.contribute(delta, n, steps, slot, extra, sums, sums.extra)
+        self.algorithm.contribute(delta, n, steps, self.cfg.client_lr(round_), slot, extra, sums, sums.extra)
         sums.add("n", n)
         sums.add("n_loss", n * loss)

@@ -4,7 +4,8 @@ The reference below is plain torch and numpy, written from the papers: FedProx a
 the loss (fedmpi corrects the gradient instead), SCAFFOLD corrects each step's gradient by c − c_k
 and updates the control variates by option II, the server optimizers follow Reddi et al. 2021
 (Algorithm 2), DP-FedAvg clips each update to S, adds N(0, (zS)²) drawn from SeedSequence([2, seed,
-round]) to the sum and divides by m. After 3 rounds of 3 clients (2NN, E=1, B=50) fedmpi on 3 ranks
+round]) to the sum and divides by m; with lr_decay the clients' η of round t is η·decay^(t−1) (SCAFFOLD's
+control variates too). After 3 rounds of 3 clients (2NN, E=1, B=50) fedmpi on 3 ranks
 and the reference agree to 1e-9 (float64 sums in another order: ~1e-16). A kill -9 mid-run and a
 --resume on another rank count restore the server state, the control variates and the privacy
 ledger: the result is that of an uninterrupted run, bit for bit.
@@ -40,6 +41,8 @@ CASES = {
     "fedadagrad": dict(server_optimizer="adagrad", server_lr=0.01, server_beta1=0.9, server_tau=1e-3),
     "scaffold": dict(algorithm="scaffold"),
     "dp-fedavg": dict(dp_clip=0.5, dp_noise_multiplier=1.0, dp_delta=1e-5),
+    "lr-decay": dict(lr_decay=0.5),  # η_t = η · 0.5^(t−1)
+    "scaffold-lr-decay": dict(algorithm="scaffold", lr_decay=0.7),  # its control variates use η_t
 }
 
 
@@ -69,6 +72,7 @@ def reference(fed_dir, options: dict, rounds: int = ROUNDS) -> np.ndarray:
     b1, b2, tau = options.get("server_beta1", 0.9), options.get("server_beta2", 0.99), options.get("server_tau", 1e-3)
     mom, v = np.zeros(d), np.full(d, tau * tau) if opt in ("adam", "yogi", "adagrad") else np.zeros(d)
     for r in range(1, rounds + 1):
+        eta = LR * options.get("lr_decay", 1.0) ** (r - 1)
         chosen = np.sort(np.random.default_rng(np.random.SeedSequence([0, SEED, r])).choice(K, m, replace=False))
         total, weight, new_control = np.zeros(d), 0.0, {}
         for k in chosen:
@@ -90,12 +94,12 @@ def reference(fed_dir, options: dict, rounds: int = ROUNDS) -> np.ndarray:
                         flat = torch.cat([gr.reshape(-1) for gr in grads])
                         if scaffold:
                             flat = flat + c - control[k]
-                        torch.nn.utils.vector_to_parameters(current.detach() - LR * flat, params)
+                        torch.nn.utils.vector_to_parameters(current.detach() - eta * flat, params)
                     steps += 1
             wk = torch.cat([p.detach().reshape(-1) for p in params])
             delta = (wk - w).numpy()
             if scaffold:
-                new_control[int(k)] = control[k] - c + (w - wk) / (steps * LR)
+                new_control[int(k)] = control[k] - c + (w - wk) / (steps * eta)
             if "dp_clip" in options:
                 delta = delta * min(1.0, options["dp_clip"] / np.linalg.norm(delta))
                 total += delta

@@ -405,6 +405,8 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("precision float16", "--precision", "float16", ["'precision'", "float32, float64"]),
     ("stack_clients = -1", "--stack-clients", "-1", ["'stack_clients'", ">= 0"]),
     ("setup_timeout = -1", "--setup-timeout", "-1", ["'setup_timeout'", ">= 0"]),
+    ("lr_decay = 1.5", "--lr-decay", "1.5", ["'lr_decay'", "(0, 1]"]),
+    ("lr_decay = 0", "--lr-decay", "0", ["'lr_decay'", "(0, 1]"]),
     ("server_tau = 1e200 (the adaptive step vanished)", "--server-tau", "1e200", ["'server_tau'", "(0, 1]"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
 ]:

@@ -94,9 +94,10 @@ class Algorithm:
         offsets = np.stack([c - extra[self.p * (1 + slot):self.p * (2 + slot)] for slot in slots])
         return self.mu, torch.from_numpy(offsets).to(device=device, dtype=dtype)
 
-    def contribute(self, delta: torch.Tensor, n: int, steps: int, slot: int, broadcast_extra: np.ndarray,
+    def contribute(self, delta: torch.Tensor, n: int, steps: int, lr: float, slot: int, broadcast_extra: np.ndarray,
                    sums, reduction_extra: np.ndarray) -> None:
-        """Client `slot`'s update Δ_k (float64, on its device) into the round's sums."""
+        """Client `slot`'s update Δ_k (float64, on its device), after `steps` local steps at the round's
+        learning rate `lr`, into the round's sums."""
         if self.dp:
             norm = float(torch.linalg.vector_norm(delta))
             if norm > self.cfg.dp_clip:
@@ -106,7 +107,7 @@ class Algorithm:
         sums.add("weight", weight)
         if self.scaffold:  # Δc_k = −c + (w_t − y_k)/(K η) = −c − Δ_k/(K η), on the parameters
             c = broadcast_extra[:self.p]
-            change = -c - delta[:self.p].cpu().numpy() / (steps * self.cfg.lr)
+            change = -c - delta[:self.p].cpu().numpy() / (steps * lr)
             reduction_extra[self.p * slot:self.p * (slot + 1)] = change
 
 
