@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedmpi import models
+from fedmpi import models, usercode
 from fedmpi.errors import FedMPIError
 
 BAD_UPDATE_POLICIES = ("abort", "skip")
@@ -222,7 +222,7 @@ def validate(cfg: RunConfig) -> None:
         bad("target_accuracy", f"must lie in [0, 1] (0 = run all rounds), got {cfg.target_accuracy}")
     if cfg.workers_per_node < 0:
         bad("workers_per_node", f"must be >= 0 (0 = as many as the node has cores), got {cfg.workers_per_node}")
-    if cfg.sink and not models.USER_MODEL.match(cfg.sink):
+    if cfg.sink and not usercode.NAME.match(cfg.sink):
         bad("sink", f'name your sink as "package.module:Class", got {cfg.sink!r}')
     if not (math.isfinite(cfg.setup_timeout) and cfg.setup_timeout >= 0):
         bad("setup_timeout", f"must be a number of seconds >= 0 (0 = no limit), got {cfg.setup_timeout}")

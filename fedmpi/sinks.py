@@ -9,9 +9,9 @@ on rank 0 in set-up like a user's model (fedmpi.models), so a mistake is one lin
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
+from fedmpi import usercode
 from fedmpi.errors import FedMPIError
 
 
@@ -47,13 +47,7 @@ def scalars(record: dict, prefix: str = "") -> list[tuple[str, float]]:
 
 def user_sink(name: str):
     """The class that `sink = "package.module:Class"` names; a one-line FedMPIError if it cannot be had."""
-    module_name, _, attribute = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 (a user's module may raise anything on import)
-        raise FedMPIError(f"config field 'sink': cannot import {module_name} ({type(e).__name__}: {e}); "
-                          "is it on PYTHONPATH?") from None
-    sink = getattr(module, attribute, None)
+    sink = usercode.load(name, "sink")
     if not (callable(sink) and all(callable(getattr(sink, m, None)) for m in ("write", "close"))):
         raise FedMPIError(f"config field 'sink': {name} is no class with write(record) and close()")
     return sink

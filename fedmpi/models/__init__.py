@@ -11,9 +11,7 @@ checked before any rank pays for a torch import.
 """
 from __future__ import annotations
 
-import importlib
-import re
-
+from fedmpi import usercode
 from fedmpi.errors import FedMPIError
 
 # name -> (the builder as "module:function", what it is)
@@ -26,7 +24,6 @@ BUILTIN = {
 }
 # the paper's parameter counts, printed beside a run's (for the lstm with the paper's vocabulary)
 PAPER_PARAMETERS = {"2nn": "199,210", "cnn": "1,663,370", "lstm": "866,578", "cifar_cnn": "about 10^6"}
-USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def help_text() -> str:
@@ -35,7 +32,7 @@ def help_text() -> str:
 
 def check_name(name: str) -> str | None:
     """Why `name` cannot name a model (None if it can): a built-in name or "module:function"."""
-    if name in BUILTIN or USER_MODEL.match(name):
+    if name in BUILTIN or usercode.NAME.match(name):
         return None
     return (f"unknown model '{name}'; choose one of {', '.join(BUILTIN)}, "
             'or name your own as "package.module:function"')
@@ -43,14 +40,10 @@ def check_name(name: str) -> str | None:
 
 def resolve(name: str):
     """The builder function that `name` stands for; a one-line FedMPIError if it cannot be imported."""
-    module_name, function = (BUILTIN[name][0] if name in BUILTIN else name).split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 (a user's module may raise anything on import)
-        raise FedMPIError(f"config field 'model': cannot import {module_name} ({type(e).__name__}: {e}); "
-                          "is it on PYTHONPATH on every rank?") from None
-    builder = getattr(module, function, None)
+    path = BUILTIN[name][0] if name in BUILTIN else name
+    builder = usercode.load(path, "model")
     if not callable(builder):
+        module_name, function = path.split(":")
         raise FedMPIError(f"config field 'model': {module_name} has no function {function}")
     return builder
 
