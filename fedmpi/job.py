@@ -27,7 +27,7 @@ from fedmpi.fedavg import RoundSums, plan_round
 from fedmpi.files import remove_leftovers, write_atomically
 from fedmpi.metrics import read_metrics
 from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
-from fedmpi.runfolder import RunFolder
+from fedmpi.runfolder import MARKER, RunFolder, announce
 from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.worker import Worker, load_shards
@@ -119,6 +119,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     server = None
     if comm.is_server:
+        announce(setup.folder.fd, setup.folder.path / MARKER)
         if setup.resume is None:
             setup.folder.reset()
         remove_leftovers(setup.run_dir)

@@ -129,11 +129,12 @@ class RunFolder:
             folder.release_unused()
             raise FedMPIError(f"run folder {path} exists; pass --resume to continue it, --overwrite to "
                               "replace it, or choose another --out")
-        try:  # now, not after set-up: a job refused during this one's set-up must name this job
-            announce(fd, path / MARKER)
-        except FedMPIError:
-            folder.release_unused()
-            raise
+        if not folder.holds_run():  # new or empty: say now who holds it, so that a job refused during this
+            try:                     # one's set-up names this job (an earlier run's folder is left as it is
+                announce(fd, path / MARKER)  # until set-up has passed: job.train announces then)
+            except FedMPIError:
+                folder.release_unused()
+                raise
         return folder
 
     def unlock(self) -> None:

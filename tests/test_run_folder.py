@@ -67,11 +67,10 @@ def test_two_jobs_started_together_on_one_folder_one_runs_the_other_is_refused(o
 
 
 def test_a_job_refused_during_the_first_ones_set_up_names_the_first_job(federation, tmp_path):
-    """The lock record was written after set-up, so a second job refused meanwhile named the folder's
-    previous holder."""
+    """The lock record of a new run folder was written after set-up, so a second job refused meanwhile
+    could not say who held the folder."""
     fed, out = federation(clients=10), tmp_path / "run"
-    train(0, fed, out, "--rounds", "1")  # the previous holder, long gone
-    first = start_hanging(fed, out, tmp_path / "mark", "--overwrite")
+    first = start_hanging(fed, out, tmp_path / "mark")
     try:
         holder = rank_pids(str(out))[0]
         second = launch(0, ["--data", str(fed), "--out", str(out), "--resume"], timeout=60)
@@ -88,11 +87,20 @@ def test_a_job_on_a_folder_in_training_is_refused_and_the_training_run_is_unharm
     job = start_job(3, fed, out, *flags)
     try:
         wait_for_round(out, 1, job)
-        holder = rank_pids(str(out))[0]  # rank 0 holds the lock (not mpiexec, job.pid)
-        for extra in (["--overwrite"], ["--resume"], []):
-            second = launch(0, ["--data", str(fed), "--out", str(out), *flags, "--lr", "0.05", *extra], timeout=60)
-            assert second.returncode == 2, second.stderr
-            assert f"in use by another job (host {socket.gethostname()}, pid {holder}," in second.stderr, second.stderr
+        ranks = rank_pids(str(out))
+        holder = ranks[0]  # rank 0 holds the lock (not mpiexec, job.pid)
+        for pid in ranks.values():  # paused mid-training: it cannot end before the others are refused
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for extra in (["--overwrite"], ["--resume"], []):
+                second = launch(0, ["--data", str(fed), "--out", str(out), *flags, "--lr", "0.05", *extra],
+                                timeout=60)
+                assert second.returncode == 2, second.stderr
+                assert f"in use by another job (host {socket.gethostname()}, pid {holder}," in second.stderr, \
+                    second.stderr
+        finally:
+            for pid in ranks.values():
+                os.kill(pid, signal.SIGCONT)
         finish(job, 120)
     finally:
         if job.poll() is None:
