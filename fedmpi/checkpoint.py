@@ -66,7 +66,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
 def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
     path = run_dir / NAME
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:  # written atomically, never in place: no lock needed
             if f.attrs.get("format") != FORMAT:
                 raise FedMPIError(f"{path}: checkpoint format {f.attrs.get('format')} is not supported (this "
                                   f"fedmpi writes format {FORMAT}); continue the run with the fedmpi that "

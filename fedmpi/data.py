@@ -213,7 +213,7 @@ class Federation:
                                   "the file is corrupt or was changed after data_prep")
             self._verified.add(file)
         try:
-            return h5py.File(path, "r")
+            return h5py.File(path, "r", locking=False)  # read-only; some NFS/Lustre mounts fail HDF5's locks
         except OSError as e:
             raise FedMPIError(f"{path}: cannot read as HDF5: {e}") from None
 
