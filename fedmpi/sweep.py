@@ -255,8 +255,14 @@ def submit_array(settings: dict, runs: list[Run], paths: dict[str, Path], sbatch
         return 0
     listing = settings["out"] / "plan" / "array.txt"
     listing.write_text("".join(f"{paths[r.name].resolve()}\n" for r in todo))
+    # the sweep's ranks on one node (as jobs/fedavg.sbatch's #SBATCH lines), unless the arguments after --
+    # size the tasks themselves
+    ranks = settings["ranks"]
+    sized = any(a.startswith(("--ntasks", "-n", "-N", "--nodes")) for a in sbatch_args)
+    sizes = [] if sized else [f"--ntasks={ranks}", f"--ntasks-per-node={ranks}"]
     cmd = ["sbatch", f"--array=0-{len(todo) - 1}", f"--job-name=sweep-{settings['out'].name}",
-           f"--output={settings['out'].resolve()}/slurm-%A_%a.out", *sbatch_args, str(SBATCH_SCRIPT), str(listing)]
+           f"--output={settings['out'].resolve()}/slurm-%A_%a.out", *sizes, *sbatch_args, str(SBATCH_SCRIPT),
+           str(listing)]
     print(f"sweep: submitting {len(todo)} run(s): {shlex.join(cmd)}", flush=True)
     return subprocess.run(cmd).returncode
 

@@ -233,14 +233,15 @@ def test_sweep_slurm_submits_the_unfinished_runs_as_one_array_job(slurm, federat
             "seed": 1, "threads": 1}
     out = tmp_path / "sweep"
     sweep_file = tmp_path / "sweep.toml"
-    sweep_file.write_text(tomli_w.dumps({"out": str(out), "base": base, "grid": {"lr": [0.05, 0.1]}}))
+    sweep_file.write_text(tomli_w.dumps({"out": str(out), "ranks": 2, "base": base, "grid": {"lr": [0.05, 0.1]}}))
 
     def sweep(*args):
         return slurm.run(PYTHON, "-m", "fedmpi.sweep", str(sweep_file), *args, cwd=tmp_path, env=job_env(),
                          timeout=60)
 
-    r = sweep("--slurm", "--", *ARRAY_SIZES)
-    assert "sweep: submitting 2 run(s): sbatch --array=0-1" in r.stdout, r.stdout + r.stderr
+    r = sweep("--slurm", "--", "--cpus-per-task=1")  # the tasks' size: the sweep's ranks = 2
+    assert "sweep: submitting 2 run(s): sbatch --array=0-1" in r.stdout and "--ntasks=2" in r.stdout, \
+        r.stdout + r.stderr
     job = re.search(r"Submitted batch job (\d+)", r.stdout).group(1)
     started = time.monotonic()
     tasks = wait_array(slurm, job, 2)

@@ -41,6 +41,10 @@ done
 config=$1
 shift
 jobs=$(cd "$(dirname "$0")" && pwd)
+python -c "import fedmpi" 2> /dev/null || {
+    echo "jobs/scaling.sh: the python on PATH ($(command -v python || echo none)) has no fedmpi; activate the venv first (. .venv/bin/activate)" >&2
+    exit 2
+}
 
 plan=$(python -m fedmpi.scaling plan "$study" --ranks "$ranks" --out "$out" ${per_worker[@]+"${per_worker[@]}"} -- --config "$config" "$@")
 mkdir -p "$out"
