@@ -44,7 +44,7 @@ class Startup:
         self._agreements = 0
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
-        signal.set_wakeup_fd(self._write)
+        self._previous_fd = signal.set_wakeup_fd(self._write)  # a notebook's event loop may have one
         self._done = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="fedmpi-setup-watchdog", daemon=True)
         self._watchdog.start()
@@ -76,7 +76,7 @@ class Startup:
         if self._done.is_set():
             return
         self._done.set()
-        signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(self._previous_fd)
         self._watchdog.join()
         os.close(self._read)
         os.close(self._write)
