@@ -141,3 +141,23 @@ def start_hanging(fed: Path, out: Path, mark: Path, *flags: str) -> subprocess.P
                      "--rounds", "1", *flags], env=env)
     wait_until(proc, mark.exists, "rank 2 in the model function", timeout=60)
     return proc
+
+
+def start_with(launcher: list[str], args: list[str], env: dict | None = None,
+               script: str | None = None) -> subprocess.Popen:
+    """`python -m fedmpi args` (or `python -c script args`) under any launcher command line (Open MPI's
+    mpirun, or mpiexec with emulated hosts), in its own session like start()."""
+    cmd = [*launcher, PYTHON, *(["-c", script] if script else ["-m", "fedmpi"]), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def launch_with(launcher: list[str], args: list[str], timeout: float = 240, env: dict | None = None,
+                script: str | None = None) -> subprocess.CompletedProcess:
+    """launch() under any launcher command line (start_with); never hangs."""
+    proc = start_with(launcher, args, env, script)
+    started = time.monotonic()
+    out, err = finish(proc, timeout)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    result.seconds = time.monotonic() - started
+    return result
