@@ -24,6 +24,7 @@ MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML intege
 MAX_THREADS = 4096
 MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
 MAX_DP = 1e6  # the largest dp_clip and dp_noise_multiplier (see _validate_algorithm)
+MIN_DP_NOISE = 1e-3  # the smallest dp_noise_multiplier but 0 (see _validate_algorithm)
 # Set-up (imports, model, shards; docs/reliability.md) takes seconds to a few minutes even at K = 10^6
 # on a parallel file system; ten minutes is far beyond that, yet well within a batch job's time.
 DEFAULT_SETUP_TIMEOUT_S = 600.0
@@ -280,11 +281,14 @@ def _validate_algorithm(cfg: RunConfig, bad) -> None:
     if not 0 < cfg.server_tau <= 1:  # τ keeps √v + τ off 0; a large τ dwarfs √v and the step with it (1e200: none)
         bad("server_tau", f"must lie in (0, 1], got {cfg.server_tau}")
     # Past 1e6 a clip clips nothing and a noise multiplier drowns every update; within them the noise
-    # (std z·S ≤ 1e12) stays finite and the accountant's arithmetic in range (z = 1e160 overflowed it).
+    # (std z·S ≤ 1e12) stays finite and the accountant's arithmetic in range (it raised from z = 1e9 and
+    # overflowed from 1e155). Below z = 1e-3 one round at full participation costs ε > 10^6 (δ = 1e-5),
+    # no privacy worth accounting, and the accountant divides by zero below 1e-150 (algorithms/privacy.py).
     if not 0 <= cfg.dp_clip <= MAX_DP:
         bad("dp_clip", f"must lie in [0, {MAX_DP:g}] (0 = no differential privacy), got {cfg.dp_clip}")
-    if not 0 <= cfg.dp_noise_multiplier <= MAX_DP:
-        bad("dp_noise_multiplier", f"must lie in [0, {MAX_DP:g}], got {cfg.dp_noise_multiplier}")
+    if not (cfg.dp_noise_multiplier == 0 or MIN_DP_NOISE <= cfg.dp_noise_multiplier <= MAX_DP):
+        bad("dp_noise_multiplier", f"must be 0 (clipping only) or lie in [{MIN_DP_NOISE:g}, {MAX_DP:g}], "
+            f"got {cfg.dp_noise_multiplier}")
     if cfg.dp_noise_multiplier and not cfg.dp_clip:
         bad("dp_clip", "DP noise needs a clip: set dp_clip > 0 (the L2 norm each client's update is clipped to)")
     if not 0 < cfg.dp_delta < 1:

@@ -133,7 +133,8 @@ class Server:
         """What the DP guarantee of the run is, and of which mechanism (algorithms/privacy.py)."""
         from fedmpi.algorithms import privacy
 
-        return {"epsilon": next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0),
+        epsilon = next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0)
+        return {"epsilon": epsilon, **({"epsilon_note": privacy.NO_NOISE} if epsilon is None else {}),
                 "delta": self.cfg.dp_delta, "noise_multiplier": self.cfg.dp_noise_multiplier,
                 "clip": self.cfg.dp_clip, "sampling": privacy.SAMPLING, "neighbouring": privacy.NEIGHBOURING,
                 "accountant": self.algorithm.accountant}

@@ -23,6 +23,8 @@ class Algorithm:
         self.mu = cfg.prox_mu if cfg.algorithm == "fedprox" else 0.0
         self.dp = cfg.dp_clip > 0
         self.accountant = privacy.accountant_name() if self.dp else None  # in set-up: a missing extra is one line
+        if self.dp and on_server:  # and an ε the accountant cannot compute
+            privacy.check(cfg.dp_noise_multiplier, num_clients, clients_per_round, cfg.rounds, cfg.dp_delta)
         self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum,
                                          cfg.server_beta1, cfg.server_beta2, cfg.server_tau, num_params)
         # SCAFFOLD: broadcast [c | c_k of each sampled slot], reduce [Δc_k of each slot]

@@ -9,22 +9,43 @@ by (seed, round) alone, so a resumed run draws the same noise, value i going
 to the i-th value in state_dict order (each tensor row-major), whatever the
 memory layout of the flat weights.
 
-The privacy unit is the client: two federations are neighbours when one
-client's data differ (replace-one; K and m are public). ε after each round
-accounts for the sampling fedmpi does: exactly m of the K clients, uniformly
-without replacement, every round (fedavg.plan_round). That is the
-subsampled Gaussian mechanism without replacement of Wang, Balle and
-Kasiviswanathan (AISTATS 2019, Theorem 27), composed over the rounds, in
-dp-accounting's RDP accountant (its public API). Replacing one client's
-clipped update by another's moves the sum by up to 2S, so the noise of std
-z·S is a Gaussian of noise multiplier z/2 relative to that sensitivity
-(dp-accounting's GaussianDpEvent: std / L2 sensitivity under the
-accountant's neighbouring relation). RDP orders from 1.25 to 64: ε as the
-library's default orders give it to 4 digits for the settings of
-docs/results.md, at 40 ms a round instead of 250; an optimum past 64 (tiny ε)
-makes ε a little larger than it could be, never smaller.
+What ε is of. The privacy unit is the client: two federations are neighbours
+when one client's data differ (replace-one; K and m are public). Each round
+fedmpi samples exactly m of the K clients, uniformly without replacement
+(fedavg.plan_round), and releases the noised sum of their clipped updates:
+the subsampled Gaussian mechanism without replacement of Wang, Balle and
+Kasiviswanathan (AISTATS 2019, Theorem 27), composed over the rounds.
+
+The accountant. dp-accounting 0.6.0 accounts SampledWithoutReplacementDpEvent
+only in its RDP accountant, and only under REPLACE_ONE; its PLD accountant
+does not support that event (PLDAccountant.supports is False), so RDP is the
+tightest it offers for this mechanism. Only its public API is used.
+
+The noise multiplier the event carries is z/2, not z. dp-accounting's RDP of
+a (subsampled) Gaussian of noise multiplier σ is that of a Gaussian whose
+mean moves by 1 between neighbours and whose std is σ, α/(2σ²) at order α
+(_compute_rdp_sample_wor_gaussian: "the ratio of the standard deviation of
+the Gaussian noise to the l2-sensitivity of the function"): σ must be std
+divided by the sensitivity under the accountant's neighbouring relation.
+GaussianDpEvent's own docstring (values of norm at most C, σ = std/C) is
+that only under add/remove, where one value moves the sum by C. Replacing
+one client's clipped update (norm ≤ S) by another's moves the sum by up to
+2S, so σ = z·S / 2S = z/2: RDP 2α/z² a round before sampling, not α/(2z²).
+
+RDP orders 1.25 to 64 (library default: up to 256 and 10^6): ε as the
+default orders give it to 4 digits for the settings of docs/results.md, at
+40 ms a round instead of 250; an optimum past 64 (tiny ε) makes ε a little
+larger than it could be, never smaller. With z in config's range (0, or
+1e-3 to 1e6) the accountant computes a finite ε for every K, m, T and δ
+(measured over z from 1e-3 to 1e6, K up to 10^6, T up to 10^6, δ from
+1e-300 to 1 - 1e-6; outside it, z ≥ 1e9 raises ValueError, z ≥ 1e155
+OverflowError, z ≤ 1e-150 ZeroDivisionError); check() still refuses, in
+set-up, a run whose ε could not be computed.
 """
 from __future__ import annotations
+
+import math
+from importlib.metadata import version
 
 import numpy as np
 
@@ -33,7 +54,8 @@ from fedmpi.errors import FedMPIError
 NOISE = 2  # SeedSequence prefix: sampling is 0, client shuffling 1 (fedavg.py)
 ORDERS = [1.25, 1.5, 1.75, *range(2, 33), 40, 48, 56, 64]
 # what summary.json's `dp` object says of the mechanism
-SAMPLING, NEIGHBOURING = "fixed-size, without replacement", "replace-one client"
+SAMPLING, NEIGHBOURING = "fixed-size without replacement", "replace-one"
+NO_NOISE = "no noise (dp_noise_multiplier 0): clipping only, no differential privacy; ε is infinite"
 
 
 def noise(seed: int, round_: int, std: float, size: int) -> np.ndarray:
@@ -44,17 +66,15 @@ def noise(seed: int, round_: int, std: float, size: int) -> np.ndarray:
 def accountant_name() -> str:
     """The accountant, with its version (for summary.json); a one-line error if it is not installed."""
     try:
-        from importlib.metadata import version
-
         import dp_accounting  # noqa: F401
     except ImportError:
         raise FedMPIError("DP (dp_clip > 0) needs the dp-accounting package: pip install 'fedmpi[dp]'") from None
-    return f"dp-accounting {version('dp-accounting')} RDP, sampled without replacement (Wang et al. 2019)"
+    return f"dp-accounting {version('dp-accounting')} RDP"
 
 
 def epsilon(noise_multiplier: float, num_clients: int, clients_per_round: int, rounds: int,
             delta: float) -> float | None:
-    """ε after `rounds` rounds at δ; None for no noise (no privacy: ε is infinite)."""
+    """ε after `rounds` rounds at δ; None for no noise (ε is infinite, and JSON has no Infinity)."""
     if rounds == 0:
         return 0.0
     if noise_multiplier == 0:
@@ -67,4 +87,21 @@ def epsilon(noise_multiplier: float, num_clients: int, clients_per_round: int, r
     accountant = RdpAccountant(ORDERS, dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(dp_accounting.SelfComposedDpEvent(one_round, rounds))
     value = float(accountant.get_epsilon(delta))
-    return value if np.isfinite(value) else None
+    return value if math.isfinite(value) else None  # check() keeps a run from getting here
+
+
+def check(noise_multiplier: float, num_clients: int, clients_per_round: int, rounds: int, delta: float) -> None:
+    """Refuse in set-up, in one line, a run whose ε the accountant cannot compute (ε grows with the rounds:
+    the last round's is the one that could fail), rather than a traceback or an Infinity mid-run."""
+    if noise_multiplier == 0:
+        return
+    try:
+        value = epsilon(noise_multiplier, num_clients, clients_per_round, rounds, delta)
+    except (ArithmeticError, ValueError) as e:
+        value, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = f"ε = {value}"
+    if value is None or not math.isfinite(value):
+        raise FedMPIError(f"config field 'dp_noise_multiplier': dp-accounting cannot compute ε for z = "
+                          f"{noise_multiplier:g}, K = {num_clients}, m = {clients_per_round}, {rounds} rounds, "
+                          f"δ = {delta:g} ({why}); choose z between 0.001 and 1e6")
