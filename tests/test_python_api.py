@@ -55,6 +55,7 @@ def test_help_shows_every_field_with_its_default():
     text = " ".join(r.stdout.split())  # argparse wraps lines
     assert r.returncode == 0, r.stderr
     for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
+        option = f"--{f.name.replace('_', '-')} {f.name.upper()} "  # as argparse lists it: flag, metavar
         shown = "(required)" if f.default == "" else f"(default {f.default})"
-        assert flag in text and shown in text.split(flag, 2)[-1].split(" --")[0], f"{flag}: {shown}"
+        assert option in text, option
+        assert shown in text.rsplit(option, 1)[1].split(" --")[0], f"{option}: {shown}"  # its help, to the next
