@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -174,17 +175,17 @@ def default_launcher(ranks: int) -> list[str]:
     return [str(beside) if beside.exists() else "mpiexec", "-n", str(ranks)]
 
 
-def wait_for_folder(run: Run) -> None:
-    """Wait, at most ORPHAN_WAIT_S, while another process holds the run folder's lock: the job of a runner
-    killed by SIGKILL got SIGTERM (die_with_parent) and ends after its round's checkpoint. Past the
-    bound, the job started next is refused as 'in use' and names the holder."""
+def wait_for_folder(run: Run, stop: list) -> None:
+    """Wait, at most ORPHAN_WAIT_S and while no stop is requested, as long as another process holds the run
+    folder's lock: the job of a runner killed by SIGKILL got SIGTERM (die_with_parent) and ends after its
+    round's checkpoint. Past the bound, the job started next is refused as 'in use' and names the holder."""
     try:
         fd = os.open(run.folder() / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:  # no marker yet, or none fedmpi would use: the job says what is wrong
         return
     try:
         deadline, said = time.monotonic() + ORPHAN_WAIT_S, False
-        while time.monotonic() < deadline:
+        while not stop and time.monotonic() < deadline:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
@@ -198,10 +199,13 @@ def wait_for_folder(run: Run) -> None:
         os.close(fd)  # drops the lock taken above: the job takes it next
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """In the child: get SIGTERM when the sweep dies (even by SIGKILL), so the job checkpoints and ends
-    instead of running on beside a rerun of the sweep (Linux prctl PR_SET_PDEATHSIG)."""
+    instead of running on beside a rerun of the sweep (Linux prctl PR_SET_PDEATHSIG). A sweep that died
+    before the prctl took effect sends nothing: then the child ends here, before it starts the job."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(75)
 
 
 def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) -> int:
@@ -216,6 +220,8 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         signal.signal(sig, forward)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job itself (same process group)
     for i, run in enumerate(runs, 1):
+        if status(run) not in FINISHED:
+            wait_for_folder(run, stop)  # the state is read again after: the job that held it may have changed it
         state = status(run)
         if state in FINISHED:
             print(f"sweep: [{i}/{len(runs)}] {run.name}: {state}, skipped", flush=True)
@@ -225,11 +231,10 @@ def run_locally(runs: list[Run], paths: dict[str, Path], launcher: list[str]) ->
         if stop:
             print(f"sweep: stop requested before {run.name}; run the same command to go on", flush=True)
             return 75
-        wait_for_folder(run)
         cmd = [*launcher, sys.executable, "-m", "fedmpi", "--config", str(paths[run.name]), "--resume"]
         print(f"sweep: [{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}: "
               f"{shlex.join(cmd)}", flush=True)
-        child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+        child = subprocess.Popen(cmd, preexec_fn=functools.partial(die_with_parent, os.getpid()))
         code = child.wait()
         if code in (75, 130):
             print(f"sweep: stopped during {run.name} (exit {code}); run the same command to go on", flush=True)

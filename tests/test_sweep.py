@@ -8,12 +8,10 @@ bit for bit. Run names are spelled out by hand from the sweep file's documented 
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import tomli_w
 
 from fedmpi.metrics import read_metrics
-from helpers import MPIEXEC, PYTHON, comparable, final_weights, launch
+from helpers import MPIEXEC, PYTHON, comparable, final_weights, launch, rank_pids
 
 TIMEOUT_S = 240  # only guards against a hang
 # A tiny 2NN: federation() has 100 clients, C = 0.02 trains 2 of them (600 examples each) per round.
@@ -266,37 +264,147 @@ def test_bad_sweep_file_is_one_error_line_and_exit_2(text, expected, tmp_path):
     assert not out.exists()
 
 
-def test_one_sweep_runner_per_folder_and_a_rerun_right_after_a_sigkill_waits_for_its_job(swept, federation,
-                                                                                          tmp_path):
-    """A second sweep on the same folder (another file: epochs 2) is refused before it writes anything,
-    so the running sweep's plan, which its next run reads, stays byte for byte. SIGKILL of the runner
-    sends its job SIGTERM; a rerun that meets a run folder still held (by that job finishing a slow round:
-    here the test holds the lock 3 s longer) waits for it, then resumes the run to the weights of a direct
-    run (it used to fail that run as 'in use')."""
-    sweep_file, out, slow, proc = sweep_in_training(federation, tmp_path)
+# ---- one runner per sweep folder, and none left behind (issue 25 H2, M3) ----------------------------
+
+def start_sweep(sweep_file: Path, log: Path) -> subprocess.Popen:
+    """`python -m fedmpi.sweep FILE` left running in its own session, its output going to `log` (a job
+    that outlives the sweep keeps writing there)."""
+    with log.open("w") as f:
+        return subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def freeze_first_job(proc: subprocess.Popen, out: Path, log: Path) -> list[int]:
+    """Once the sweep's first job has recorded round 0 (in training, its run folder held, the next run not
+    started), stop (SIGSTOP) its two ranks at once, where they are; returns their pids, for SIGCONT. The
+    sweep waits on its job meanwhile, so nothing under `out` changes, and the round lasts as long as the
+    test needs. (pip's MPICH starts the ranks in sessions of their own, outside the sweep's group.)"""
+    deadline, ranks = time.monotonic() + TIMEOUT_S, {}
+    while len(ranks) < 2 or not read_metrics(out / "lr0.05"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the first run did not start (exit {proc.poll()})\n{log.read_text()}")
+        if len(ranks) < 2:  # found during set-up, so that the stop follows round 0 closely
+            ranks = rank_pids(str(out))
+        time.sleep(0.01)
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGSTOP)
+    return list(ranks.values())
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL for what is left of a process group of start_sweep (the sweep, an mpiexec that outlived it)."""
     try:
-        plan = {p.name: p.read_bytes() for p in (out / "plan").iterdir()}
-        other = write_sweep(tmp_path / "b.toml", out, {**slow, "data": str(federation()), "epochs": 2},
-                            grid={"lr": LRS}, ranks=2)
-        second = sweep(other, timeout=60)
-        assert second.returncode == 2 and "in use by another job" in second.stderr, second.stderr
-        assert [line for line in second.stderr.splitlines() if ERROR_LINE.match(line)] == \
-            second.stderr.splitlines(), second.stderr
-        assert {p.name: p.read_bytes() for p in (out / "plan").iterdir()} == plan
-        os.kill(proc.pid, signal.SIGKILL)
-        # The job ends after its round: how long that takes is the job's; hold its lock 3 s longer here,
-        # as a slow round would, so that the rerun meets a held folder whatever this machine's speed.
-        marker = os.open(out / "lr0.05" / ".fedmpi-run", os.O_RDONLY)
-        output, _ = proc.communicate(timeout=60)
-        fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        threading.Timer(3, os.close, [marker]).start()
-        again = sweep(sweep_file)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def kill_all(out: Path, *procs: subprocess.Popen | None) -> None:
+    """SIGKILL for whatever the test started that is left: the ranks of jobs on `out` and the process
+    groups of start_sweep."""
+    signal_all(list(rank_pids(str(out)).values()), signal.SIGKILL)
+    for proc in filter(None, procs):
+        kill_group(proc)
+
+
+def living(group: int) -> list[int]:
+    """The processes of a process group that have not ended (zombies left out)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            found.append(int(pid))
+    return found
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under folder (and folder itself), with its bytes if a file and its modification time."""
+    paths = [folder, *folder.rglob("*")]
+    return {str(p): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns) for p in paths}
+
+
+def test_a_refused_second_sweep_leaves_the_running_sweeps_folder_as_it_was(swept, federation, tmp_path):
+    """A second sweep on a folder in use (another file: epochs 2) is refused in one line before it writes
+    anything, and the first sweep trains its next run with its own config. The refused one used to rewrite
+    the running sweep's plan first, so that its next run trained with epochs 2."""
+    out, log = tmp_path / "out", tmp_path / "first.log"
+    fields = {**BASE, "data": str(federation())}
+    first = start_sweep(write_sweep(tmp_path / "a.toml", out, fields, grid={"lr": LRS}, ranks=2), log)
+    other = write_sweep(tmp_path / "b.toml", out, {**fields, "epochs": 2}, grid={"lr": LRS}, ranks=2)
+    try:
+        ranks = freeze_first_job(first, out, log)
+        try:
+            before = snapshot(out)
+            second = sweep(other, timeout=60)
+            after = snapshot(out)
+        finally:
+            signal_all(ranks, signal.SIGCONT)
+        first.wait(timeout=TIMEOUT_S)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert "stop requested; checkpoint of round" in output, output
-    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
-    assert "lr0.05: its folder is still held by a job" in again.stdout and "lr0.05: resuming" in again.stdout
-    reference = tmp_path / "direct"
-    direct_run({**slow, "data": str(federation()), "lr": LRS[0]}, reference, tmp_path / "direct.toml")
-    np.testing.assert_array_equal(final_weights(out / "lr0.05"), final_weights(reference))
+        kill_all(out, first)
+    lines = second.stderr.splitlines()
+    assert second.returncode == 2 and not second.stdout and len(lines) == 1 and ERROR_LINE.match(lines[0]) \
+        and "in use by another job" in lines[0], f"exit {second.returncode}\n{second.stdout}\n{second.stderr}"
+    assert after == before
+    assert first.returncode == 0 and "sweep: all 2 run(s) complete" in log.read_text(), log.read_text()
+    for name, reference in swept["direct"].items():  # epochs 1, as the first sweep's file says
+        np.testing.assert_array_equal(final_weights(out / name), final_weights(reference), err_msg=name)
+
+
+def waiting_rerun(sweep_file: Path, log: Path) -> subprocess.Popen:
+    """A rerun of the sweep (start_sweep), once it has said that it waits for the held run folder."""
+    rerun, deadline = start_sweep(sweep_file, log), time.monotonic() + 60
+    while "lr0.05: its folder is still held by a job" not in log.read_text():
+        if rerun.poll() is not None or time.monotonic() > deadline:
+            kill_group(rerun)  # its job's ranks, if any: kill_all at the test's end
+            raise AssertionError(f"the rerun did not wait (exit {rerun.returncode})\n{log.read_text()}")
+        time.sleep(0.05)
+    return rerun
+
+
+def test_a_rerun_right_after_a_sigkill_of_the_sweep_waits_for_its_job_and_completes(swept, federation, tmp_path):
+    """SIGKILL of the sweep runner sends its job SIGTERM (PR_SET_PDEATHSIG): the job checkpoints after its
+    round and ends. A rerun started at once that meets the run folder still held by that job waits for it,
+    then resumes the run, and completes every run; it used to fail the run as 'in use'. The orphaned job
+    stays stopped (SIGSTOP) until the rerun has said it waits: a round as slow as the test needs. A stop
+    request (SLURM's USR1) ends a waiting rerun at once."""
+    out, log, relog = tmp_path / "out", tmp_path / "first.log", tmp_path / "rerun.log"
+    sweep_file = write_sweep(tmp_path / "s.toml", out, {**BASE, "data": str(federation())}, grid={"lr": LRS},
+                             ranks=2)
+    first = start_sweep(sweep_file, log)
+    stopped = rerun = None
+    try:
+        ranks = freeze_first_job(first, out, log)
+        first.kill()  # the runner only; its job gets SIGTERM, pending until it runs again
+        first.wait(timeout=10)
+        stopped = waiting_rerun(sweep_file, tmp_path / "stopped.log")
+        stopped.send_signal(signal.SIGUSR1)
+        stopped.wait(timeout=10)
+        rerun = waiting_rerun(sweep_file, relog)
+        signal_all(ranks, signal.SIGCONT)
+        rerun.wait(timeout=TIMEOUT_S)
+        deadline = time.monotonic() + 10  # the orphaned job's processes end by themselves
+        while living(first.pid):
+            assert time.monotonic() < deadline, "the job of the killed sweep still runs"
+            time.sleep(0.1)
+    finally:
+        kill_all(out, first, stopped, rerun)
+    assert stopped.returncode == 75 and "stop requested before lr0.05" in (tmp_path / "stopped.log").read_text()
+    assert "stop requested; checkpoint of round" in log.read_text(), log.read_text()
+    output = relog.read_text()
+    assert rerun.returncode == 0 and "lr0.05: resuming" in output and "sweep: all 2 run(s) complete" in output, \
+        output
+    for name, reference in swept["direct"].items():
+        np.testing.assert_array_equal(final_weights(out / name), final_weights(reference), err_msg=name)
