@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedmpi import models, usercode
+from fedmpi import algorithms, models, usercode
 from fedmpi.errors import FedMPIError
 
 BAD_UPDATE_POLICIES = ("abort", "skip")
@@ -37,8 +37,10 @@ def _field(default, help: str, *, semantic: bool = True, label: str | None = Non
     a resumed run may change it, and sweeps leave it out of run names where they can); label: its
     short name in a sweep's run names ("" = the value alone; None: "name=value"); table: "setting"
     for a column that groups result tables, or the symbol a tuned value is shown as there (η, μ)."""
-    return dataclasses.field(default=default, metadata={"help": help, "semantic": semantic, "label": label,
-                                                        "table": table})
+    metadata = {"help": help, "semantic": semantic, "label": label, "table": table}
+    if isinstance(default, dict):  # a TOML table (each run gets its own)
+        return dataclasses.field(default_factory=dict, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -76,7 +78,10 @@ class RunConfig:
     # semantic: stacked through vmap, a CNN's step rounds otherwise on a CPU than one client at a time
     stack_clients: int = _field(0, "most clients a worker trains together (0 = auto, 1 = one at a time; see "
                                 "docs/architecture.md)")
-    algorithm: str = _field("fedavg", "fedavg | fedprox | scaffold", label="", table="setting")
+    algorithm: str = _field("fedavg", algorithms.help_text(), label="", table="setting")
+    algorithm_args: dict = _field({}, "the algorithm's own settings, a TOML table ([algorithm_args] in the "
+                                  "config file; on the command line 'alpha = 0.1, beta = 2')", label="",
+                                  table="setting")
     prox_mu: float = _field(0.0, "FedProx's μ (algorithm fedprox)", label="mu", table="μ")
     server_optimizer: str = _field("sgd", "sgd | momentum | adam | yogi | adagrad: how the server applies the "
                                    "averaged update", label="", table="setting")
@@ -149,9 +154,24 @@ def _coerce(name: str, value, kind: type):
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind is dict:
+            return _table(name, value)
         return str(value)
     except (TypeError, ValueError):
         raise FedMPIError(f"config field '{name}': expected {kind.__name__}, got {value!r}") from None
+
+
+def _table(name: str, value) -> dict:
+    """A TOML table, or the text of an inline table's contents ('alpha = 0.1, beta = 2', from the CLI)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise ValueError
+    try:
+        return tomllib.loads(f"{name} = {{{value}}}")[name]
+    except tomllib.TOMLDecodeError as e:
+        raise FedMPIError(f"config field '{name}': expected TOML such as 'alpha = 0.1, beta = 2', got {value!r} "
+                          f"({e})") from None
 
 
 def build_config(toml_path: str | None, overrides: dict) -> RunConfig:
@@ -251,18 +271,18 @@ SERVER_STEPS = {"fedadam": "--server-optimizer adam", "fedyogi": "--server-optim
 
 
 def _validate_algorithm(cfg: RunConfig, bad) -> None:
-    from fedmpi.algorithms import NAMES
     from fedmpi.algorithms.optimizers import NAMES as OPTIMIZERS
 
     # Names from the papers that are a server optimizer or DP on top of an algorithm here
     if cfg.algorithm.lower() in SERVER_STEPS:
         bad("algorithm", f"'{cfg.algorithm}' is FedAvg with {SERVER_STEPS[cfg.algorithm.lower()]}")
-    for field, choices in (("algorithm", NAMES), ("server_optimizer", OPTIMIZERS)):
-        value = getattr(cfg, field)
-        if value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1)
-            bad(field, f"unknown {field.replace('_', ' ')} '{value}'; choose one of {', '.join(choices)}"
-                + (f" (did you mean '{close[0]}'?)" if close else ""))
+    why = algorithms.check_name(cfg.algorithm)
+    if why:
+        bad("algorithm", why)
+    if cfg.server_optimizer not in OPTIMIZERS:
+        close = difflib.get_close_matches(cfg.server_optimizer, OPTIMIZERS, n=1)
+        bad("server_optimizer", f"unknown server optimizer '{cfg.server_optimizer}'; choose one of "
+            f"{', '.join(OPTIMIZERS)}" + (f" (did you mean '{close[0]}'?)" if close else ""))
     numbers = {f: getattr(cfg, f) for f in ("prox_mu", "server_lr", "server_momentum", "server_beta1",
                                              "server_beta2", "server_tau", "dp_clip", "dp_noise_multiplier",
                                              "dp_delta")}
@@ -293,6 +313,4 @@ def _validate_algorithm(cfg: RunConfig, bad) -> None:
         bad("dp_clip", "DP noise needs a clip: set dp_clip > 0 (the L2 norm each client's update is clipped to)")
     if not 0 < cfg.dp_delta < 1:
         bad("dp_delta", f"must lie in (0, 1), got {cfg.dp_delta}")
-    if cfg.dp_clip and cfg.algorithm == "scaffold":
-        bad("algorithm", "scaffold with DP (dp_clip > 0) is not supported: its control variates would carry "
-            "each client's unclipped, unnoised updates")
+    algorithms.check(cfg)  # imports a user's algorithm: its settings are checked before anything is written

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedmpi.errors import FedMPIError
+
 SAMPLING, CLIENT = 0, 1
 
 
@@ -79,13 +81,18 @@ class RoundSums:
     SCALARS = ("n", "n_loss", "weight", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds",
                "requeue_requests", "interrupt_requests")
 
-    def __init__(self, dim: int, extra: int, clients_per_round: int):
+    def __init__(self, dim: int, extra: int, clients_per_round: int, scalars: tuple[str, ...] = ()):
+        """`extra`, `scalars`: the algorithm's values and named sums (fedmpi.algorithms.base)."""
         self.dim = dim
         self.at = dim + extra  # where the scalars start
-        self.buffer = np.zeros((self.at + len(self.SCALARS) + clients_per_round, 2))
+        clash = set(scalars) & set(self.SCALARS)
+        if clash:
+            raise FedMPIError(f"config field 'algorithm': its scalars {sorted(clash)} are names fedmpi sums itself")
+        self.names = self.SCALARS + tuple(scalars)
+        self.buffer = np.zeros((self.at + len(self.names) + clients_per_round, 2))
         self.hi, self.lo = self.buffer[:, 0], self.buffer[:, 1]
         self.extra = self.hi[dim:self.at]  # one writer per value: no rounding to keep
-        self.bad = self.hi[self.at + len(self.SCALARS):]
+        self.bad = self.hi[self.at + len(self.names):]
 
     def add_delta(self, delta: np.ndarray, weight: float) -> None:
         two_sum_into(self.hi[:self.dim], self.lo[:self.dim], delta * weight if weight != 1 else delta)
@@ -94,9 +101,9 @@ class RoundSums:
         return self.hi[:self.dim] + self.lo[:self.dim]
 
     def __getitem__(self, name: str) -> float:
-        i = self.at + self.SCALARS.index(name)
+        i = self.at + self.names.index(name)
         return float(self.hi[i] + self.lo[i])
 
     def add(self, name: str, value: float) -> None:
-        i = self.at + self.SCALARS.index(name)
+        i = self.at + self.names.index(name)
         two_sum_into(self.hi[i:i + 1], self.lo[i:i + 1], value)

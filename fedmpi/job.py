@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmpi.algorithms.algorithm import Algorithm
+from fedmpi import algorithms
+from fedmpi.algorithms.base import Algorithm
 from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, check_model, load_checkpoint
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
@@ -88,8 +89,8 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     flat = FlatModel(build_model(cfg.model, fed.input_shape, fed.num_classes, cfg.seed), device, dtype)
     if checkpoint:
         check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
-    algorithm = Algorithm(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim, flat.num_params,
-                          flat.logical_order().numpy(), comm.is_server)
+    algorithm = algorithms.build(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim,
+                                 flat.num_params, flat.logical_order().numpy(), comm.is_server)
     worker = None
     if comm.is_worker:
         begin("loading the shards")
@@ -114,7 +115,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     weights, extra = packet[:flat.dim], packet[flat.dim + 1:]
     command = flat.dim
     m = cfg.clients_per_round(fed.num_clients)
-    sums = RoundSums(flat.dim, algorithm.reduction_extra, m)
+    sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars)
     start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     server = None
@@ -134,7 +135,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
               f"clients, {m} per round), {comm.size} rank(s), {comm.num_workers} worker(s){idle}, "
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
-        print(_algorithm_line(cfg), flush=True)
+        print(_algorithm_line(cfg, algorithm), flush=True)
         kinds = {t: sum(x == t for x in trainers) for t in trainers if t is not None}
         print("fedmpi: workers train on " + "; ".join(f"{t}{f' ({n} workers)' if len(kinds) > 1 else ''}"
                                                      for t, n in kinds.items()), flush=True)
@@ -179,9 +180,12 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     return DIVERGED if packet[command] == DIVERGED else 0
 
 
-def _algorithm_line(cfg: RunConfig) -> str:
+def _algorithm_line(cfg: RunConfig, algorithm: Algorithm) -> str:
     """What trains: the algorithm with its settings, the server step, DP (the start line names the model)."""
-    parts = [cfg.algorithm + (f" (μ {cfg.prox_mu:g})" if cfg.algorithm == "fedprox" else ""),
+    settings = {"μ": cfg.prox_mu} if cfg.algorithm == "fedprox" else cfg.algorithm_args
+    named = "".join(f"{'; ' if i else ' ('}{k} {v:g}" if isinstance(v, float) else f"{'; ' if i else ' ('}{k} {v}"
+                    for i, (k, v) in enumerate(settings.items())) + (")" if settings else "")
+    parts = [(algorithm.inner if cfg.dp_clip else algorithm).title + named,
              f"clients: E {cfg.epochs}, B {cfg.batch_size or '∞'}, η {cfg.lr:g}",
              f"server: {cfg.server_optimizer}, η {cfg.server_lr:g}"]
     if cfg.dp_clip:

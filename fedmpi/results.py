@@ -14,12 +14,12 @@ from pathlib import Path
 
 from dataclasses import asdict
 
+from fedmpi import algorithms
 from fedmpi.config import SETTING, TUNED, RunConfig, read_toml
 from fedmpi.errors import FedMPIError
 from fedmpi.metrics import read_metrics
 
 OPTIMIZER = {"sgd": "", "momentum": "FedAvgM", "adam": "FedAdam", "yogi": "FedYogi", "adagrad": "FedAdagrad"}
-ALGORITHM = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD"}
 
 
 def run_result(run: Path, target: float | None = None) -> dict | None:
@@ -50,7 +50,7 @@ def best_lr(results: list[dict]) -> list[dict]:
     """Per setting and seed, the run that reached the target first (else the most accurate)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault(tuple(r[k] for k in (*SETTING, "seed")), []).append(r)
+        groups.setdefault(json.dumps([r[k] for k in (*SETTING, "seed")], sort_keys=True), []).append(r)
     best = []
     for runs in groups.values():
         win = min(runs, key=lambda r: (r["rounds_to_target"] is None, r["rounds_to_target"] or 0,
@@ -61,7 +61,7 @@ def best_lr(results: list[dict]) -> list[dict]:
 
 def optimizer(r: dict) -> str:
     """FedAvg, FedAdam, FedProx + FedAvgM, ..., DP-FedAvg (z = 1) ..."""
-    name = " + ".join(filter(None, [ALGORITHM[r["algorithm"]] if r["algorithm"] != "fedavg" or
+    name = " + ".join(filter(None, [algorithms.title(r["algorithm"]) if r["algorithm"] != "fedavg" or
                                     r["server_optimizer"] == "sgd" else "", OPTIMIZER[r["server_optimizer"]]]))
     return f"DP-{name} (z = {r['dp_noise_multiplier']:g})" if r["dp_noise_multiplier"] else name
 

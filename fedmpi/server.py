@@ -16,7 +16,8 @@ import torch
 
 from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
-from fedmpi.algorithms.algorithm import Algorithm
+from fedmpi.algorithms.base import Algorithm
+from fedmpi.algorithms.optimizers import ServerOptimizer
 from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
 from fedmpi.metrics import MetricsLog, write_json
@@ -30,6 +31,8 @@ class Server:
         self.cfg = cfg
         self.model_signature = model_signature  # engine.FlatModel.signature(), kept in checkpoints
         self.algorithm = algorithm
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
+                                         cfg.server_beta2, cfg.server_tau, algorithm.run.num_params)
         self.run_dir = run_dir
         self.weights = weights
         self.federation = federation
@@ -44,7 +47,7 @@ class Server:
             self.history = [r for r in history if r["round"] < resume.round]
             self.pending = resume.pending
             weights[:] = resume.weights
-            algorithm.load_state(resume.state)
+            self._load_state(resume.state)
         sinks = open_sinks(run_dir, cfg, resume.round if resume else 0)
         self.log = MetricsLog(run_dir, cfg.rounds, self.history, sinks)
         self.started = time.perf_counter()
@@ -85,11 +88,11 @@ class Server:
         if skipped and (self.cfg.on_bad_update == "abort" or sums["n"] == 0):
             self.diverged = {"round": round_, "clients": skipped}
             return None
-        gains = self.algorithm.server_step(self.weights, sums.delta_sum(), sums["weight"], sums.extra, round_,
-                                           sampled)
-        if gains is None:  # the clients' updates were finite, the server's step is not: it diverged
+        if not self.optimizer.step(self.weights, self.algorithm.aggregate(sums, round_, sampled)):
+            # the clients' updates were finite, the server's step is not: it diverged
             self.diverged = {"round": round_, "clients": [], "server": True}
             return None
+        gains = self.algorithm.record(round_)
         record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
                   **gains, "seconds": timing["seconds"], "time": timing}
         if skipped:
@@ -101,7 +104,7 @@ class Server:
         t = time.perf_counter()
         self.log.sync()
         save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
-                                                 self.pending, self.weights, self.algorithm.state(),
+                                                 self.pending, self.weights, self._state(),
                                                  self.model_signature))
         return time.perf_counter() - t
 
@@ -124,20 +127,23 @@ class Server:
             **({"diverged": self.diverged} if self.diverged else {}),
             "ranks": self.num_ranks,
             "workers": self.num_workers,
-            **({"dp": self._privacy()} if self.algorithm.dp else {}),
+            **({"dp": self._privacy()} if self.cfg.dp_clip else {}),
             "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
         })
 
     def _privacy(self) -> dict:
-        """What the DP guarantee of the run is, and of which mechanism (algorithms/privacy.py)."""
-        from fedmpi.algorithms import privacy
+        """summary.json's `dp`: the guarantee of the run (the last round's ε) and of which mechanism."""
+        return self.algorithm.summary(next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0))
 
-        epsilon = next((r["epsilon"] for r in reversed(self.history) if "epsilon" in r), 0.0)
-        return {"epsilon": epsilon, **({"epsilon_note": privacy.NO_NOISE} if epsilon is None else {}),
-                "delta": self.cfg.dp_delta, "noise_multiplier": self.cfg.dp_noise_multiplier,
-                "clip": self.cfg.dp_clip, "sampling": privacy.SAMPLING, "neighbouring": privacy.NEIGHBOURING,
-                "accountant": self.algorithm.accountant}
+    def _state(self) -> dict[str, np.ndarray]:
+        """The server optimizer's state and the algorithm's, for the checkpoint."""
+        return {**{f"server_{name}": value for name, value in self.optimizer.state.items()}, **self.algorithm.state()}
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        for name in self.optimizer.state:
+            self.optimizer.state[name][:] = state[f"server_{name}"]
+        self.algorithm.load_state({k: v for k, v in state.items() if not k.startswith("server_")})
 
     def stop(self) -> None:
         self.log.close()

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import tomli_w
 
+from fedmpi import algorithms
 from fedmpi.config import (ALGORITHM_FIELDS, FIELD_NAMES, LABELS, NON_SEMANTIC, RunConfig, build_config,
                            read_toml)
 from fedmpi.errors import DIVERGED, FedMPIError
@@ -89,8 +90,9 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
         for values in itertools.product(*axes.values()):
             chosen = dict(zip(axes, values))
             algorithm = chosen.get("algorithm", base.get("algorithm", "fedavg"))
-            # [base] may set one algorithm's own settings (prox_mu) for a grid over algorithms
-            shared = {k: v for k, v in base.items() if ALGORITHM_FIELDS.get(k, algorithm) == algorithm}
+            # [base] may set one algorithm's own settings (prox_mu, algorithm_args) for a grid over algorithms
+            shared = {k: v for k, v in base.items() if ALGORITHM_FIELDS.get(k, algorithm) == algorithm
+                      and (k != "algorithm_args" or takes_settings(algorithm))}
             points.append({**shared, **chosen})
     if not points:
         raise FedMPIError(f"sweep file {path}: the grid is empty (a list with no values?)")
@@ -115,6 +117,11 @@ def load_sweep(path: str) -> tuple[dict, list[Run]]:
     return {"out": out, "ranks": ranks}, runs
 
 
+def takes_settings(algorithm) -> bool:
+    """Whether `algorithm` has settings of its own (algorithm_args); a bad name is refused later."""
+    return not algorithms.check_name(str(algorithm)) and algorithms.resolve(algorithm).Args is not None
+
+
 def run_name(point: dict, varying: list[str]) -> str:
     parts = []
     for key in varying:
@@ -125,6 +132,10 @@ def run_name(point: dict, varying: list[str]) -> str:
             parts.append(Path(str(value)).name)
         elif key == "batch_size" and value in (0, "inf", "full", "∞"):
             parts.append("Binf")
+        elif key == "algorithm" and ":" in str(value):  # a user's "package.module:Class"
+            parts.append(str(value).split(":")[1])
+        elif isinstance(value, dict):  # algorithm_args
+            parts.append("_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in value.items()))
         else:
             parts.append(f"{LABELS.get(key, key + '=')}{value:g}" if isinstance(value, float)
                          else f"{LABELS.get(key, key + '=')}{value}")

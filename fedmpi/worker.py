@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from fedmpi.algorithms.algorithm import Algorithm
+from fedmpi.algorithms.base import Algorithm, ClientUpdate
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
@@ -95,18 +95,26 @@ class Worker:
         mine = {int(slot): int(sampled[slot]) for slot in np.flatnonzero(owners == self.index)}
         data = {k: self.data(k) for k in mine.values()}
         slots = list(mine)
-        device, dtype = self.flat.weights.device, self.flat.weights.dtype
         for stack in self.engine.stacks([len(data[mine[slot]][1]) for slot in slots], self.batch):
             stack = [slots[i] for i in stack]
             weights, losses = self.engine.train(
                 self.start, [data[mine[slot]] for slot in stack],
                 [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
-                self.cfg.epochs, self.batch, self.cfg.client_lr(round_),
-                self.algorithm.correction(extra, stack, device, dtype))
+                self.cfg.epochs, self.batch, self.cfg.client_lr(round_), self._correction(extra, stack))
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
                 self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_)
         sums.add("train_seconds", time.perf_counter() - t)
+
+    def _correction(self, extra: np.ndarray, slots: list[int]) -> tuple[float, torch.Tensor | None] | None:
+        """The algorithm's change to the local steps of the clients in `slots`, as Engine.train takes it."""
+        correction = self.algorithm.correction(extra, slots)
+        if correction is None:
+            return None
+        offsets = correction.offsets
+        if offsets is not None:
+            offsets = torch.from_numpy(offsets).to(device=self.flat.weights.device, dtype=self.flat.weights.dtype)
+        return correction.mu, offsets
 
     def data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client k's examples on the device; a small federation's are kept once read. An indexed one
@@ -130,6 +138,7 @@ class Worker:
             return
         n = int(self.fed.sizes[k])
         steps = self.cfg.epochs * -(-n // (self.batch or n))
-        self.algorithm.contribute(delta, n, steps, self.cfg.client_lr(round_), slot, extra, sums, sums.extra)
+        self.algorithm.contribute(ClientUpdate(k, slot, delta.cpu().numpy(), n, steps, self.cfg.client_lr(round_)),
+                                  extra, sums)
         sums.add("n", n)
         sums.add("n_loss", n * loss)

@@ -262,7 +262,7 @@ def test_kill_9_then_resume_on_another_rank_count_restores_the_algorithms_state(
     (["--dp-clip", "1", "--dp-noise-multiplier", "1e160"], ["'dp_noise_multiplier'", "[0.001, 1e+06]"]),
     (["--dp-clip", "1", "--dp-noise-multiplier", "1e-300"], ["'dp_noise_multiplier'", "0 (clipping only)"]),
     (["--dp-noise-multiplier", "1"], ["'dp_clip'", "noise needs a clip"]),
-    (["--algorithm", "scaffold", "--dp-clip", "1"], ["'algorithm'", "scaffold", "DP"]),
+    (["--algorithm", "scaffold", "--dp-clip", "1"], ["'dp_clip'", "SCAFFOLD", "DP"]),
     (["--prox-mu", "0.1"], ["'prox_mu'", "algorithm = \"fedprox\""]),
 ])
 def test_bad_algorithm_settings_are_one_line_and_write_nothing(options, expected, federation, tmp_path):

@@ -1,10 +1,15 @@
-"""DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018).
+"""DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018),
+as a wrapper of any algorithm whose clients contribute FedAvg's way (`dp_compatible`).
 
 Each sampled client's update is clipped to L2 norm S (`dp_clip`) on its
 worker; the server adds Gaussian noise of standard deviation z·S
 (`dp_noise_multiplier` z) to their sum and divides by m, the number of
 clients sampled per round (the paper's fixed-denominator estimator with
-equal client weights). The noise is drawn on rank 0 from a generator seeded
+equal client weights). What the wrapped algorithm changes in local training
+(FedProx's proximal term) stays; the server optimizer (FedAdam, ...) acts on
+the noised average, which is post-processing. An algorithm that keeps state
+computed from single clients' updates (SCAFFOLD's control variates) would
+release them unnoised and is refused. The noise is drawn on rank 0 from a generator seeded
 by (seed, round) alone, so a resumed run draws the same noise, value i going
 to the i-th value in state_dict order (each tensor row-major), whatever the
 memory layout of the flat weights.
@@ -49,6 +54,7 @@ from importlib.metadata import version
 
 import numpy as np
 
+from fedmpi.algorithms.base import Algorithm
 from fedmpi.errors import FedMPIError
 
 NOISE = 2  # SeedSequence prefix: sampling is 0, client shuffling 1 (fedavg.py)
@@ -105,3 +111,57 @@ def check(noise_multiplier: float, num_clients: int, clients_per_round: int, rou
         raise FedMPIError(f"config field 'dp_noise_multiplier': dp-accounting cannot compute ε for z = "
                           f"{noise_multiplier:g}, K = {num_clients}, m = {clients_per_round}, {rounds} rounds, "
                           f"δ = {delta:g} ({why}); choose z between 0.001 and 1e6")
+
+
+class Private(Algorithm):
+    """`inner` with DP-FedAvg's clipping, equal weights, noise and ε (the record's `epsilon`)."""
+
+    def __init__(self, inner: Algorithm, dim_order: np.ndarray):
+        """`dim_order`: the flat positions of the model's values in state_dict order (FlatModel), where
+        the noise goes."""
+        cfg = inner.run.cfg  # inner is dp_compatible (algorithms.check)
+        super().__init__(inner.run, inner.args)
+        self.inner, self.order = inner, dim_order
+        self.title = f"DP-{inner.title}"
+        self.clip, self.z, self.delta = cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta
+        self.accountant = accountant_name()  # in set-up: a missing extra is one line
+        if inner.run.on_server:  # and an ε the accountant cannot compute
+            check(self.z, self.run.num_clients, self.run.clients_per_round, cfg.rounds, self.delta)
+        self.scalars = inner.scalars
+        self.broadcast_extra, self.reduction_extra = inner.broadcast_extra, inner.reduction_extra
+        self.corrects_gradients = inner.corrects_gradients
+
+    def fill_broadcast(self, extra, sampled):
+        self.inner.fill_broadcast(extra, sampled)
+
+    def aggregate(self, sums, round_, sampled):
+        noised = np.empty(self.run.dim)
+        noised[self.order] = noise(self.run.cfg.seed, round_, self.z * self.clip, self.run.dim)  # state_dict order
+        noised += sums.delta_sum()
+        return noised / self.run.clients_per_round
+
+    def record(self, round_):
+        return {**self.inner.record(round_),
+                "epsilon": epsilon(self.z, self.run.num_clients, self.run.clients_per_round, round_, self.delta)}
+
+    def state(self):
+        return self.inner.state()
+
+    def load_state(self, state):
+        self.inner.load_state(state)
+
+    def correction(self, extra, slots):
+        return self.inner.correction(extra, slots)
+
+    def contribute(self, update, extra, sums):
+        norm = float(np.linalg.norm(update.delta))
+        if norm > self.clip:
+            update.delta *= self.clip / norm
+        sums.add_delta(update.delta, 1)
+        sums.add("weight", 1)
+
+    def summary(self, epsilon_now: float | None) -> dict:
+        """What the DP guarantee of the run is, and of which mechanism (summary.json's `dp`)."""
+        return {"epsilon": epsilon_now, **({"epsilon_note": NO_NOISE} if epsilon_now is None else {}),
+                "delta": self.delta, "noise_multiplier": self.z, "clip": self.clip, "sampling": SAMPLING,
+                "neighbouring": NEIGHBOURING, "accountant": self.accountant}
