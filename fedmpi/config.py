@@ -171,7 +171,7 @@ def _table(name: str, value) -> dict:
         return tomllib.loads(f"{name} = {{{value}}}")[name]
     except tomllib.TOMLDecodeError as e:
         raise FedMPIError(f"config field '{name}': expected TOML such as 'alpha = 0.1, beta = 2', got {value!r} "
-                          f"({e})") from None
+                          f"({str(e).split(' (at line')[0]})") from None
 
 
 def build_config(toml_path: str | None, overrides: dict) -> RunConfig:

@@ -88,8 +88,9 @@ def check(cfg) -> None:
     cls = resolve(cfg.algorithm)
     parse_args(cls, cfg.algorithm_args, cfg.algorithm)
     if cfg.dp_clip and not cls.dp_compatible:
-        raise FedMPIError(f"config field 'dp_clip': {cls.title} cannot run with DP (dp_clip > 0): it keeps state "
-                          "computed from single clients' updates, which DP-FedAvg would release unnoised")
+        raise FedMPIError(f"config field 'dp_clip': {cls.title} cannot run with DP (dp_clip > 0): DP-FedAvg wraps "
+                          "algorithms whose clients contribute FedAvg's way and whose state does not depend on "
+                          "single clients' updates (dp_compatible, docs/extending.md)")
 
 
 def build(cfg, num_clients: int, clients_per_round: int, dim: int, num_params: int, dim_order, on_server: bool):

@@ -58,7 +58,7 @@ class Correction:
     """A change to every local step of a stack of clients: on the parameters,
     w ← w − η (∇f(w) + mu·(w − w_t) + offset), both terms at the step's start."""
 
-    mu: float = 0.0                       # a proximal term's weight (FedProx's μ, FedDyn's α)
+    mu: float = 0.0                       # a proximal term's weight (FedProx's μ)
     offsets: np.ndarray | None = None     # (clients, P): a constant per client (SCAFFOLD's c − c_k)
 
 
