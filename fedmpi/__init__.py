@@ -21,7 +21,7 @@ def run(config=None, *, resume: bool = False, overwrite: bool = False, **overrid
     from mpi4py import MPI
 
     from fedmpi.cli import main
-    from fedmpi.config import RunConfig, build_config
+    from fedmpi.config import RunConfig, build_config, inline_table
     from fedmpi.errors import DIVERGED
 
     if isinstance(config, RunConfig):
@@ -31,7 +31,7 @@ def run(config=None, *, resume: bool = False, overwrite: bool = False, **overrid
     cfg = build_config(path, fields)  # the one-line errors, as an exception, before any collective
     argv = (["--config", path] if path else []) + ["--resume"] * resume + ["--overwrite"] * overwrite
     for name, value in fields.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
+        argv += [f"--{name.replace('_', '-')}", inline_table(value) if isinstance(value, dict) else str(value)]
     status = main(argv)
     if status not in (0, DIVERGED):
         raise RuntimeError(f"fedmpi: the job in {cfg.out} ended with exit status {status} (see its output)")

@@ -174,6 +174,13 @@ def _table(name: str, value) -> dict:
                           f"({str(e).split(' (at line')[0]})") from None
 
 
+def inline_table(table: dict) -> str:
+    """The text _table reads back as `table` (fedmpi.run passes a dict field on as a flag)."""
+    def value(v):
+        return "{" + inline_table(v) + "}" if isinstance(v, dict) else tomli_w.dumps({"v": v})[4:].strip()
+    return ", ".join(f"{tomli_w.dumps({k: 0})[:-5]} = {value(v)}" for k, v in table.items())
+
+
 def build_config(toml_path: str | None, overrides: dict) -> RunConfig:
     """Defaults, then the TOML file, then the non-None CLI overrides; then validate."""
     values: dict = {}
