@@ -169,3 +169,41 @@ def test_a_file_damaged_after_setup_ends_the_job_at_its_first_read_and_the_check
     train(2, fed, out, *flags, "--checkpoint-every", "1", "--resume")
     train(0, synthetic / "index", tmp_path / "whole", *flags)
     np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "whole"))
+
+
+COUNT_OPENED = """
+import os, sys
+import h5py
+from mpi4py import MPI
+opened = h5py.File.__init__
+def counted(self, name, *args, **kwargs):  # every HDF5 file a rank opens by name, into its own log
+    if isinstance(name, (str, os.PathLike)):
+        with open(os.path.join(os.environ["OPENED_LOG"], str(MPI.COMM_WORLD.rank)), "a") as log:
+            log.write(os.path.basename(name) + "\\n")
+    return opened(self, name, *args, **kwargs)
+h5py.File.__init__ = counted
+from fedmpi.cli import main
+sys.exit(main())
+"""
+
+
+def test_at_100000_clients_no_rank_opens_more_than_a_shard_before_round_1(run_data_prep, tmp_path):
+    """K = 10^5 in 100 files, -n 3, no round trained (--rounds 0: set-up and round 0's evaluation): each
+    rank opens the index and the test set, and a worker at most the one file of its first client (its
+    engine's example); the 100 shard files are only stat'ed (docs/scaling.md, "Start-up independent of K")."""
+    done = run_data_prep("--dataset", "synthetic", "--model-skew", "1", "--feature-skew", "1", "--clients", "100000",
+                         "--clients-per-file", "1000", "--seed", "1", "--out", tmp_path / "fed")
+    assert done.returncode == 0, done.stderr
+    shards = {p.name for p in (tmp_path / "fed").glob("clients-*.h5")}
+    assert len(shards) == 100
+    logs = tmp_path / "opened"
+    logs.mkdir()
+    r = launch(3, ["--data", str(tmp_path / "fed"), "--out", str(tmp_path / "run"), "--model", "mlp", "--rounds", "0",
+                   "--fraction", "0.01", "--threads", "1"], script=COUNT_OPENED, env={"OPENED_LOG": str(logs)},
+               timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "round 0/0" in r.stdout
+    for rank in range(3):
+        names = (logs / str(rank)).read_text().split()
+        assert "clients.h5" in names, (rank, names)  # the index: what every rank reads, counted
+        assert len([n for n in names if n in shards]) <= (0 if rank == 0 else 1), (rank, names)
