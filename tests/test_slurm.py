@@ -13,6 +13,7 @@ speedup/efficiency arithmetic and both plots.
 from __future__ import annotations
 
 import json
+import tomllib
 import os
 import re
 import time
@@ -76,12 +77,14 @@ def write_config(path: Path, fed: Path, out: Path, rounds: int = 6) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(slurm, federation, tmp_path_factory):
     """A job from jobs/fedavg.sbatch (srun) that runs to the end: (run folder, its log, its SLURM record).
-    SLURM_MPI_TYPE=none would make each task a world of one: FEDMPI_SRUN_MPI goes before it."""
+    SLURM_MPI_TYPE=none would make each task a world of one: FEDMPI_SRUN_MPI goes before it. It trains
+    from a copy of the federation staged to 'node-local' disk (FEDMPI_STAGE): the runs compared with it
+    read the shared one."""
     d = tmp_path_factory.mktemp("sbatch")
     config = write_config(d / "tiny.toml", federation(clients=10), d / "run")
     started = time.monotonic()
     job = submit(slurm, *SIZES, str(JOBS / "fedavg.sbatch"), str(config), cwd=d, SLURM_MPI_TYPE="none",
-                 FEDMPI_SRUN_MPI="pmi2")
+                 FEDMPI_SRUN_MPI="pmi2", FEDMPI_STAGE=str(d / "local"))
     info = wait_done(slurm, job)
     print(f"sbatch fedavg.sbatch: submit -> COMPLETED in {time.monotonic() - started:.1f} s")
     return d / "run", job_log(slurm, job), info
@@ -95,10 +98,17 @@ def test_fedavg_sbatch_trains_a_config_to_the_end(uninterrupted):
                         (run / "slurm-jobs.txt").read_text())
     assert "3 rank(s), 2 worker(s), 1 thread(s)/rank" in log  # threads from SLURM_CPUS_PER_TASK
     assert "workers train on cpu" in log
+    staged = run.parent / "local" / "fed"
+    assert "staging " in log and f" on {staged} (10 clients" in log, log  # the start line names the copy
+    assert sorted(p.name for p in staged.iterdir()) == sorted(p.name for p in federation_of(run).iterdir())
     assert [r["round"] for r in read_metrics(run)] == list(range(7))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ranks"] == 3 and summary["final_test_accuracy"] > 0.8
     assert (run / "model.pt").is_file() and (run / "config.toml").is_file()
+
+
+def federation_of(run: Path) -> Path:
+    return Path(tomllib.loads((run.parent / "tiny.toml").read_text())["data"])
 
 
 def start_and_wait_for_round_1(slurm, fed, tmp_path, **env) -> str:
