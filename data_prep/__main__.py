@@ -44,6 +44,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--size-sigma", type=float, default=2.0, help="(default 2, as the paper)")
     g.add_argument("--min-size", type=int, default=10, help="(default 10; the paper: 50)")
     g.add_argument("--max-size", type=int, default=1000, help="cap on a client's size (default 1000; 0: none)")
+    p.add_argument("--client-test-fraction", type=float, metavar="F",
+                   help="hold out this share of each client's examples as the client's own test set, for "
+                        "federated evaluation (fedmpi --eval-clients): floor(F·n) of its n, drawn from --seed, at "
+                        "least one kept for training; Shakespeare's natural partition keeps each role's own test "
+                        "lines instead (F = 0.2). The central test set stays as it is (default: none)")
     p.add_argument("--manifest", choices=("auto", "json", "index"), default="auto",
                    help=f"list the clients in manifest.json or in clients.h5 with packed files "
                         f"(auto: clients.h5 from {writer.INDEX_FROM:,} clients)")
@@ -68,6 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--model-skew and --feature-skew go with --dataset synthetic, and it needs both")
     if args.dataset == "synthetic" and args.partition != "iid":
         p.error("--dataset synthetic makes its clients itself: leave out --partition")
+    fraction = args.client_test_fraction
+    if fraction is not None and not 0 < fraction < 1:  # nan too
+        p.error(f"--client-test-fraction {fraction:g}: must lie strictly between 0 and 1 (e.g. 0.2); leave it out "
+                "for no client test sets")
     return args
 
 
@@ -111,21 +120,57 @@ def main(argv: list[str]) -> None:
         parts, entry = split(args, data)
         clients, sizes = ((data.train_x[p], data.train_y[p]) for p in parts), [len(p) for p in parts]
         names = data.natural_names if args.partition == "natural" else None
+    sizes, client_test = np.asarray(sizes), None
+    if args.client_test_fraction is not None:
+        clients, sizes, client_test = held_out(args, data, clients, sizes)
     writer.write_federation(
-        args.out, data, clients, np.asarray(sizes),
+        args.out, data, clients, sizes,
         dataset=args.dataset, partition=entry, seed=args.seed,
         command=shlex.join(["python", "-m", "data_prep", *argv]),
         clients_per_file=args.clients_per_file, overwrite=args.overwrite,
         standardize=not args.no_standardize, index={"auto": None, "json": False, "index": True}[args.manifest],
-        names=names,
+        names=names, client_test=client_test,
     )
     clients = f"{len(sizes)} clients" + (f"; {data.note}" if data.note else "")
     line = (f"data_prep: wrote {args.out}: {args.dataset} {entry['name']}, {clients}, "
             f"examples per client min/median/max {min(sizes)}/{int(np.median(sizes))}/{max(sizes)}")
+    if client_test:
+        line += (f", own test examples per client min/median/max {min(client_test['sizes'])}/"
+                 f"{int(np.median(client_test['sizes']))}/{max(client_test['sizes'])}")
     if data.kind == "sequence":
+        if client_test and client_test["split"] == "random":  # the training part of each client
+            parts = [p[partition.holdout(len(p), args.client_test_fraction, args.seed, k)[0]]
+                     for k, p in enumerate(parts)]
         chars = [int((data.train_y[p] >= 0).sum()) for p in parts]
         line += f", characters per client {min(chars)}/{int(np.median(chars))}/{max(chars)}"
     print(f"{line}, {time.perf_counter() - start:.1f} s")
+
+
+def held_out(args: argparse.Namespace, data, clients, sizes: np.ndarray):
+    """Each client's examples split into its training part and its own test set (--client-test-fraction F):
+    (clients yielding (x, y, test x, test y), the training sizes, the manifest's `client_test` entry with the
+    test sizes). Random: partition.holdout's floor(F·n) examples of each client, drawn from the seed. A natural
+    partition whose source splits each client itself (Shakespeare: a role's last lines) keeps that split: its
+    clients' test sets are their parts of the central test set, and F must be the source's share."""
+    fraction = args.client_test_fraction
+    if args.partition == "natural" and getattr(data, "natural_test", None) is not None:
+        if abs(fraction - data.natural_test_share) > 1e-9:
+            raise FedMPIError(f"--client-test-fraction {fraction:g}: {args.dataset}'s natural partition keeps each "
+                              f"client's own test examples as the source splits them (a share of "
+                              f"{data.natural_test_share:g}, the paper's split); pass --client-test-fraction "
+                              f"{data.natural_test_share:g}, or use --partition iid for a random split")
+        tests = data.natural_test
+        test_sizes = np.array([len(t) for t in tests])
+        paired = ((x, y, data.test_x[t], data.test_y[t]) for (x, y), t in zip(clients, tests))
+        entry = {"fraction": data.natural_test_share, "split": "natural"}
+        return paired, sizes, {**entry, "sizes": test_sizes}
+    test_sizes = np.array([partition.test_count(int(n), fraction) for n in sizes], dtype=np.int64)
+
+    def split_each():
+        for k, ((x, y), n) in enumerate(zip(clients, sizes)):
+            train, test = partition.holdout(int(n), fraction, args.seed, k)
+            yield x[train], y[train], x[test], y[test]
+    return split_each(), sizes - test_sizes, {"fraction": fraction, "split": "random", "sizes": test_sizes}
 
 
 def stop(signum, frame):

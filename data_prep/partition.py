@@ -3,8 +3,11 @@
 Pure numpy: each function takes the generator it draws from and returns K
 int64 index arrays that together hold every index exactly once. The order of
 draws is part of the format (docs/federation-format.md), so the same seed gives
-the same federation everywhere.
+the same federation everywhere. `holdout` then splits one client's examples
+into its training part and its own test set (data_prep --client-test-fraction).
 """
+
+import math
 
 import numpy as np
 
@@ -80,3 +83,23 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random
             f"(first: client {empty[0]}); raise --alpha or lower --clients"
         )
     return clients
+
+
+HOLDOUT = 2**32 + 1  # SeedSequence([seed, HOLDOUT, k]): client k's test examples (apart from synthetic's draws)
+
+
+def test_count(n: int, fraction: float) -> int:
+    """How many of a client's n examples are its own test set: floor(F·n), at least one kept for training.
+    F·n is rounded to 9 decimals first, so that 0.29·100 (28.999999999999996 in binary) is 29."""
+    return min(math.floor(round(fraction * n, 9)), n - 1)
+
+
+def holdout(n: int, fraction: float, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, test) positions among client k's n examples, each in increasing order: test_count(n, F)
+    positions drawn without replacement from SeedSequence([seed, HOLDOUT, k]), so a client's split depends
+    on the seed and on it alone (not on K, the partition or the other clients)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, HOLDOUT, client]))
+    test = np.sort(rng.choice(n, test_count(n, fraction), replace=False))
+    keep = np.ones(n, dtype=bool)
+    keep[test] = False
+    return np.flatnonzero(keep), test

@@ -65,6 +65,7 @@ def write_federation(
     standardize: bool = True,
     index: bool | None = None,
     names: list[str] | None = None,
+    client_test: dict | None = None,
 ) -> None:
     """Write test.h5, the client files and manifest.json into `out`, a file of clients at a time.
 
@@ -74,14 +75,17 @@ def write_federation(
     normalisation is mean 0, std 1: the models see pixels x/255 in [0, 1]. `index` (default:
     from INDEX_FROM clients on) lists the clients in clients.h5 instead of the JSON, with each file
     packed (docs/federation-format.md), so that readers start in the same time at any K. `names`:
-    the clients' names (a natural partition's).
+    the clients' names (a natural partition's). `client_test`: each client has its own test set too
+    (data_prep --client-test-fraction): `clients` then yields (x, y, test x, test y), and the dict gives
+    the manifest's `client_test` fields (fraction, split) and the test sizes (`sizes`).
     """
     if clients_per_file < 1:
         raise FedMPIError(f"--clients-per-file {clients_per_file}: must be >= 1")
     index = len(sizes) >= INDEX_FROM if index is None else index
     check_target(out, overwrite)
     test_x, test_y = data.test if hasattr(data, "test") else (data.test_x, data.test_y)
-    check_space(out, sizes, test_x, test_y)
+    test_sizes = None if client_test is None else np.asarray(client_test["sizes"], dtype=np.int64)
+    check_space(out, sizes, test_x, test_y, 0 if test_sizes is None else int(test_sizes.sum()))
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,8 @@ def write_federation(
         tmp.mkdir()
         with _h5_create(tmp / TEST_FILE) as f:
             _write_xy(f, test_x, test_y)
-        files, entries = _write_clients(tmp, data, clients, len(sizes), clients_per_file, index, names)
+        files, entries = _write_clients(tmp, data, clients, len(sizes), clients_per_file, index, names,
+                                        test_sizes is not None)
         if data.kind == "image":
             channels = data.train_x.shape[1]
             kind = {"image_shape": list(data.train_x.shape[1:]), "normalize": _normalize(data.train_x) if standardize
@@ -102,6 +107,8 @@ def write_federation(
                 f.create_dataset("file", data=np.repeat(np.arange(len(files), dtype=np.int32),
                                                         [clients_per_file] * (len(files) - 1)
                                                         + [len(sizes) - clients_per_file * (len(files) - 1)]))
+                if test_sizes is not None:
+                    f.create_dataset("test_n", data=test_sizes)
         manifest = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -116,6 +123,9 @@ def write_federation(
             "command": command,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "test": {"file": TEST_FILE, "group": "/", "n": len(test_y)},
+            **({} if test_sizes is None else {"client_test": {
+                "fraction": client_test["fraction"], "split": client_test["split"], "n": int(test_sizes.sum()),
+                "clients_without": int(np.count_nonzero(test_sizes == 0))}}),
             **({"index": {"file": INDEX_FILE, "files": files}} if index else {"clients": entries}),
             "sha256": {p.name: _sha256_synced(p) for p in sorted(tmp.iterdir())},
         }
@@ -133,10 +143,11 @@ def write_federation(
         raise
 
 
-def check_space(out: Path, sizes: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> None:
-    """Refuse, before writing anything, a federation the disk cannot hold (estimated from one test example)."""
+def check_space(out: Path, sizes: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, client_tests: int = 0) -> None:
+    """Refuse, before writing anything, a federation the disk cannot hold (estimated from one test example;
+    `client_tests`: the examples of the clients' own test sets)."""
     per_example = (test_x[0].nbytes + test_y[0].nbytes) if len(test_y) else 0
-    need = int(per_example * (int(np.sum(sizes)) + len(test_y)) * 1.05) + 4096 * (len(sizes) + 16)
+    need = int(per_example * (int(np.sum(sizes)) + client_tests + len(test_y)) * 1.05) + 4096 * (len(sizes) + 16)
     folder = next(p for p in [out.absolute().parent, *out.absolute().parents] if p.exists())
     free = shutil.disk_usage(folder).free
     if need > free:
@@ -162,18 +173,21 @@ def _h5_create(path: Path):
         raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(path)) from None
 
 
-def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray) -> None:
+def _write_xy(group: h5py.Group, x: np.ndarray, y: np.ndarray, prefix: str = "") -> None:
     """Uncompressed, contiguous datasets: a client's shard is read whole, as fast as the disk allows.
-    Images: x uint8, y int64; sequences: x and y int16 (docs/federation-format.md)."""
-    group.create_dataset("x", data=np.ascontiguousarray(x))
-    group.create_dataset("y", data=np.ascontiguousarray(y))
+    Images: x uint8, y int64; sequences: x and y int16 (docs/federation-format.md). `prefix` "test_": a
+    client's own test set."""
+    group.create_dataset(prefix + "x", data=np.ascontiguousarray(x))
+    group.create_dataset(prefix + "y", data=np.ascontiguousarray(y))
 
 
 def _write_clients(folder: Path, data, clients: Iterable, num_clients: int, per_file: int,
-                   packed: bool, names: list[str] | None) -> tuple[list[str], list[dict]]:
+                   packed: bool, names: list[str] | None, tests: bool) -> tuple[list[str], list[dict]]:
     """The client files: one client per file (root group), `per_file` clients per file in groups
     /clients/<id>, or packed: per file one x and one y of all its clients and `offsets` [c + 1] where
-    client first + i's rows begin (attribute `first`). Returns the file names and the JSON entries."""
+    client first + i's rows begin (attribute `first`). With `tests`, each client's own test set beside its
+    training examples: `test_x`, `test_y` in its group, or packed with `test_offsets`. Returns the file
+    names and the JSON entries."""
     files, entries = [], []
     clients = iter(clients)
     started, shown = time.monotonic(), time.monotonic()
@@ -185,15 +199,23 @@ def _write_clients(folder: Path, data, clients: Iterable, num_clients: int, per_
         chunk = [next(clients) for _ in ids]
         with _h5_create(folder / name) as f:
             if packed:
-                _write_xy(f, np.concatenate([x for x, _ in chunk]), np.concatenate([y for _, y in chunk]))
-                f.create_dataset("offsets", data=np.cumsum([0] + [len(y) for _, y in chunk], dtype=np.int64))
+                _write_xy(f, np.concatenate([c[0] for c in chunk]), np.concatenate([c[1] for c in chunk]))
+                f.create_dataset("offsets", data=np.cumsum([0] + [len(c[1]) for c in chunk], dtype=np.int64))
+                if tests:
+                    _write_xy(f, np.concatenate([c[2] for c in chunk]), np.concatenate([c[3] for c in chunk]),
+                              "test_")
+                    f.create_dataset("test_offsets", data=np.cumsum([0] + [len(c[3]) for c in chunk],
+                                                                     dtype=np.int64))
                 f.attrs["first"] = first
-            for k, (x, y) in zip(ids, chunk):
+            for k, (x, y, *test) in zip(ids, chunk):
                 if packed:
                     continue
                 group = f if per_file == 1 else f.create_group(f"clients/{k}")
                 _write_xy(group, x, y)
                 entry = {"id": k, "file": name, "group": group.name, "n": len(y)}
+                if tests:
+                    _write_xy(group, *test, "test_")
+                    entry["test_n"] = len(test[1])
                 if data.kind == "sequence":
                     entry["tokens"] = int((y >= 0).sum())
                 else:

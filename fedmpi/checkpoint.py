@@ -3,8 +3,9 @@
 A checkpoint holds w_r (the weights after round r), r, the resolved config,
 the federation's fingerprint (data.Federation.fingerprint), the model's
 tensor names and shapes (engine.FlatModel.signature), round r's
-metrics record that still awaits its accuracy and the algorithm's state
-(server optimizer moments, SCAFFOLD's control variates), plus a sha256 over
+metrics record that still awaits its accuracy, the algorithm's state
+(server optimizer moments, SCAFFOLD's control variates) and the weights of
+the best evaluated round before r (for model_best.pt), plus a sha256 over
 all of them. DP-FedAvg's privacy ledger is (z, m, K, r): the config and r.
 It is built in memory and written atomically (fedmpi.files), so a kill
 at any moment leaves the old or the new checkpoint, never a torn one; a
@@ -29,7 +30,9 @@ from fedmpi.files import write_atomically
 # The weights are stored in the flat buffer's memory order (engine.FlatModel), so a change of
 # models.build_model's memory layouts is a new format. 2: Linear weights input-major in every model.
 # 3: a sha256 over the contents; the federation named by its fingerprint, not its manifest's sha256.
-FORMAT = 3
+# 4: the best evaluated round's weights and number (model_best.pt). Format 3 is still read (best unknown).
+FORMAT = 4
+READS = (3, 4)
 NAME = "checkpoint.h5"
 
 
@@ -42,11 +45,13 @@ class Checkpoint:
     weights: np.ndarray | None = None
     state: dict[str, np.ndarray] = field(default_factory=dict)  # the algorithm's (fedmpi.algorithms)
     model: list | None = None  # engine.FlatModel.signature(); None in checkpoints written before it was kept
+    best: np.ndarray | None = None  # the weights of the best evaluated round before `round` (None: format 3)
+    best_round: int | None = None
 
 
-def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray]) -> str:
+def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray], best: np.ndarray | None) -> str:
     h = hashlib.sha256(json.dumps({k: attrs[k] for k in sorted(attrs)}).encode())
-    for array in (weights, *(state[k] for k in sorted(state))):
+    for array in (weights, *(state[k] for k in sorted(state)), *(() if best is None else [best])):
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 
@@ -54,12 +59,16 @@ def _digest(weights: np.ndarray, attrs: dict, state: dict[str, np.ndarray]) -> s
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
     attrs = {"format": FORMAT, "round": ckpt.round, "config": RunConfig(**ckpt.config).to_toml(),
              "federation": ckpt.federation, "pending": json.dumps(ckpt.pending), "model": json.dumps(ckpt.model)}
+    if ckpt.best is not None:
+        attrs["best_round"] = ckpt.best_round
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         f.create_dataset("weights", data=ckpt.weights)
         for name, array in ckpt.state.items():
             f.create_dataset(f"state/{name}", data=array)
-        f.attrs.update(attrs, sha256=_digest(ckpt.weights, attrs, ckpt.state))
+        if ckpt.best is not None:
+            f.create_dataset("best_weights", data=ckpt.best)
+        f.attrs.update(attrs, sha256=_digest(ckpt.weights, attrs, ckpt.state, ckpt.best))
     write_atomically(run_dir / NAME, buffer.getvalue())
 
 
@@ -67,21 +76,25 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
     path = run_dir / NAME
     try:
         with h5py.File(path, "r", locking=False) as f:  # written atomically, never in place: no lock needed
-            if f.attrs.get("format") != FORMAT:
+            if f.attrs.get("format") not in READS:
                 raise FedMPIError(f"{path}: checkpoint format {f.attrs.get('format')} is not supported (this "
                                   f"fedmpi writes format {FORMAT}); continue the run with the fedmpi that "
                                   "started it, or start over with --overwrite")
             attrs = {k: f.attrs[k].item() if isinstance(f.attrs[k], np.generic) else f.attrs[k]
-                     for k in ("format", "round", "config", "federation", "pending", "model") if k in f.attrs}
+                     for k in ("format", "round", "config", "federation", "pending", "model", "best_round")
+                     if k in f.attrs}
             weights = f["weights"][:]
             state = {name: f["state"][name][:] for name in f.get("state", {})}
-            if _digest(weights, attrs, state) != f.attrs["sha256"]:
+            best = f["best_weights"][:] if "best_weights" in f else None
+            if _digest(weights, attrs, state, best) != f.attrs["sha256"]:
                 raise FedMPIError(f"{path}: checksum mismatch: the checkpoint was damaged after it was written; "
                                   "restore a copy, or start over with --overwrite")
             return Checkpoint(round=int(attrs["round"]), config=tomllib.loads(attrs["config"]),
                               federation=str(attrs["federation"]), pending=json.loads(attrs["pending"]),
                               weights=weights if with_weights else None, state=state,
-                              model=json.loads(attrs.get("model", "null")))
+                              model=json.loads(attrs.get("model", "null")),
+                              best=best if with_weights else None,
+                              best_round=int(attrs["best_round"]) if "best_round" in attrs else None)
     except (OSError, KeyError, ValueError) as e:
         raise FedMPIError(f"{path}: unreadable checkpoint ({e}); remove it to start over") from None
 

@@ -87,6 +87,8 @@ def _job(argv, stops, startup) -> int:
         omp_threads()
         comm.set_workers(cfg.workers_per_node)
         fed = Federation(cfg.data)
+        if cfg.eval_clients:
+            fed.require_client_tests()
         if comm.is_server:
             startup.folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
     except BaseException as e:  # agreed on below (SystemExit and KeyboardInterrupt too): no rank waits for it

@@ -61,6 +61,10 @@ class RunConfig:
     out: str = _field("runs/fedavg", "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
                       semantic=False)
     eval_every: int = _field(1, "evaluate the global model every N rounds (always the last)", semantic=False)
+    eval_clients: float = _field(0.0, "federated evaluation: the share of clients whose own test sets (held out by "
+                                 "data_prep's client test fraction) the global model is also evaluated on, every "
+                                 "evaluated round; one set for the run, drawn from the seed; client_accuracy in "
+                                 "metrics.jsonl, per client in client_accuracy.jsonl (0 = off)", semantic=False)
     checkpoint_every: int = _field(10, "write a checkpoint every N rounds (always the last); 0 = only the last",
                                    semantic=False)
     on_bad_update: str = _field("abort", "abort (end the run as diverged, exit 3) | skip (leave the client out): "
@@ -109,6 +113,10 @@ class RunConfig:
     def clients_per_round(self, num_clients: int) -> int:
         """m = max(round(C·K), 1), the paper's number of clients per round."""
         return max(int(round(self.fraction * num_clients)), 1)
+
+    def clients_to_evaluate(self, num_clients: int) -> int:
+        """max(round(C_eval·K), 1) clients of federated evaluation, or 0 when it is off."""
+        return max(int(round(self.eval_clients * num_clients)), 1) if self.eval_clients else 0
 
     def to_toml(self) -> str:
         return tomli_w.dumps(dataclasses.asdict(self))
@@ -242,6 +250,9 @@ def validate(cfg: RunConfig) -> None:
         bad("rounds", f"must be >= 0, got {cfg.rounds}")
     if cfg.eval_every < 1:
         bad("eval_every", f"must be >= 1, got {cfg.eval_every}")
+    if not (math.isfinite(cfg.eval_clients) and 0.0 <= cfg.eval_clients <= 1.0):
+        bad("eval_clients", f"must lie in [0, 1] (the share of clients evaluated on their own test sets; 0 = off), "
+            f"got {cfg.eval_clients}")
     if cfg.checkpoint_every < 0:
         bad("checkpoint_every", f"must be >= 0, got {cfg.checkpoint_every}")
     if cfg.on_bad_update not in BAD_UPDATE_POLICIES:

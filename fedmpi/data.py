@@ -94,6 +94,14 @@ def _check_entries(m: dict, is_int, bad) -> None:
     elif not isinstance(m["clients"], list):
         bad("'clients'", "must be a list")
     entries += [(f"client {i}", c) for i, c in enumerate(m.get("clients", []))]
+    if "client_test" in m:
+        if not (isinstance(m["client_test"], dict) and is_int(m["client_test"].get("n"))):
+            bad("'client_test'", "must be an object with 'n', the clients' test examples (and 'fraction', 'split')")
+        lacking = next((i for i, c in enumerate(m.get("clients", [])) if isinstance(c, dict)
+                        and not is_int(c.get("test_n"))), None)
+        if lacking is not None:
+            bad(f"client {lacking}", "'test_n' (its own test examples) must be an integer >= 0, found "
+                f"{m['clients'][lacking].get('test_n')!r}")
     for what, entry in entries:
         if not isinstance(entry, dict):
             bad(what, "must be an object with keys 'file', 'n' (and 'id' for clients)")
@@ -156,6 +164,9 @@ class Federation:
         else:
             self.input_shape = (m["sequence_length"],)
             self._shape, self._dtypes = self.input_shape, (np.int16, np.int16)
+        # data_prep --client-test-fraction: each client's own test set, for federated evaluation
+        self.client_test = m.get("client_test")
+        self.test_sizes: np.ndarray | None = None
         self._verified: set[str] = set()
         self._packed: OrderedDict[int, tuple] = OrderedDict()  # file number -> (x, y, offsets), least recent first
         self.cache_bytes = CACHE_BYTES
@@ -170,6 +181,8 @@ class Federation:
                 if c["n"] < 1:
                     raise FedMPIError(f"{manifest_path}: client {c['id']} ({c['file']}) has no examples")
             self.sizes = np.array([c["n"] for c in self.clients], dtype=np.int64)
+            if self.client_test is not None:
+                self.test_sizes = np.array([c["test_n"] for c in self.clients], dtype=np.int64)
 
     @property
     def indexed(self) -> bool:
@@ -183,12 +196,17 @@ class Federation:
         with self._open(index["file"]) as f:
             try:
                 self.sizes, self.file_of = f["n"][:].astype(np.int64), f["file"][:].astype(np.int64)
+                if self.client_test is not None:
+                    self.test_sizes = f["test_n"][:].astype(np.int64)
             except (KeyError, OSError) as e:
                 raise FedMPIError(f"{self.folder / index['file']}: not a client index ({e})") from None
         where = self.folder / index["file"]
         files = index["files"]
-        if len(self.sizes) != self.num_clients or len(self.file_of) != self.num_clients:
+        lengths = {len(self.sizes), len(self.file_of), *(() if self.test_sizes is None else [len(self.test_sizes)])}
+        if lengths != {self.num_clients}:
             raise FedMPIError(f"{where}: lists {len(self.sizes)} clients, the manifest {self.num_clients}")
+        if self.test_sizes is not None and self.test_sizes.min() < 0:
+            raise FedMPIError(f"{where}: 'test_n' of client {int(np.argmin(self.test_sizes))} is negative")
         if self.sizes.min() < 1:
             raise FedMPIError(f"{where}: client {int(np.argmin(self.sizes))} has no examples")
         if np.any(np.diff(self.file_of) < 0) or self.file_of[0] != 0 or self.file_of[-1] != len(files) - 1:
@@ -217,35 +235,37 @@ class Federation:
         except OSError as e:
             raise FedMPIError(f"{path}: cannot read as HDF5: {e}") from None
 
-    def _read(self, file: str, group: str, n: int, rows: slice = slice(None), offsets: bool = False):
-        """(x, y) of a group, checked; with `offsets`, also the packed file's offsets."""
+    def _read(self, file: str, group: str, n: int, rows: slice = slice(None), offsets: bool = False,
+              prefix: str = ""):
+        """(x, y) of a group, checked; with `offsets`, also the packed file's offsets; `prefix` "test_": the
+        client's own test set (test_x, test_y, test_offsets)."""
         where = f"{self.folder / file}:{group}"
         with self._open(file) as f:
             try:
                 node = f.get(group)
-                if not (isinstance(node, h5py.Group) and isinstance(node.get("x"), h5py.Dataset)
-                        and isinstance(node.get("y"), h5py.Dataset)):
-                    raise FedMPIError(f"{where}: datasets 'x' and 'y' not found")
-                x, y = node["x"], node["y"]
+                if not (isinstance(node, h5py.Group) and isinstance(node.get(prefix + "x"), h5py.Dataset)
+                        and isinstance(node.get(prefix + "y"), h5py.Dataset)):
+                    raise FedMPIError(f"{where}: datasets '{prefix}x' and '{prefix}y' not found")
+                x, y = node[prefix + "x"], node[prefix + "y"]
                 shapes = {"x": (n, *self._shape), "y": (n, *self._shape[:self.kind == "sequence"])}
                 for name, array, dtype in (("x", x, self._dtypes[0]), ("y", y, self._dtypes[1])):
                     if array.dtype != dtype or tuple(array.shape) != shapes[name]:
-                        raise FedMPIError(f"{where}/{name}: expected {np.dtype(dtype)} {list(shapes[name])}, "
+                        raise FedMPIError(f"{where}/{prefix}{name}: expected {np.dtype(dtype)} {list(shapes[name])}, "
                                           f"found {array.dtype} {list(array.shape)}")
                 x, y = x[rows], y[rows]
-                starts = f["offsets"][:] if offsets else None
+                starts = f[prefix + "offsets"][:] if offsets else None
             except (OSError, KeyError, RuntimeError) as e:  # damaged inside, though its checksum matches
                 raise FedMPIError(f"{where}: cannot read as HDF5: {e}") from None
         if self.kind == "sequence":
             # -1: no target (a padded position); tokens index the vocabulary
             if x.size and (x.min() < 0 or x.max() >= self.num_classes):
-                raise FedMPIError(f"{where}/x: tokens must lie in 0..{self.num_classes - 1}, "
+                raise FedMPIError(f"{where}/{prefix}x: tokens must lie in 0..{self.num_classes - 1}, "
                                   f"found {x.min()}..{x.max()}")
             low, what = -1, "targets"
         else:
             low, what = 0, "labels"
         if y.size and (y.min() < low or y.max() >= self.num_classes):
-            raise FedMPIError(f"{where}/y: {what} must lie in {low}..{self.num_classes - 1}, "
+            raise FedMPIError(f"{where}/{prefix}y: {what} must lie in {low}..{self.num_classes - 1}, "
                               f"found {y.min()}..{y.max()}")
         return (x, y, starts) if offsets else (x, y)
 
@@ -267,6 +287,29 @@ class Federation:
                               slice(lo, lo + int(self.sizes[k])))
         c = self.clients[k]
         return self._read(c["file"], c.get("group", "/"), int(c["n"]))
+
+    def require_client_tests(self) -> None:
+        """Refuse federated evaluation (eval_clients > 0) of a federation made without client test sets."""
+        if self.client_test is None:
+            raise FedMPIError(f"config field 'eval_clients': the federation {self.folder} has no client test sets "
+                              "(its manifest.json has no 'client_test'); make one with its data_prep command plus "
+                              "--client-test-fraction F (e.g. 0.2) and another --out, or set eval_clients = 0")
+
+    def load_client_test(self, k: int):
+        """Client k's own test set (data_prep --client-test-fraction), as load_client gives its examples;
+        from an indexed federation its rows alone (a client is evaluated by its home worker only)."""
+        if self.test_sizes is None:
+            raise FedMPIError(f"federation {self.folder}: has no client test sets (no 'client_test' in its manifest)")
+        if self.indexed:
+            number = int(self.file_of[k])
+            first = self.first_of_file[number]
+            count = np.count_nonzero(self.file_of == number)
+            lo = int(self.test_sizes[first:k].sum())
+            return self._read(self.manifest["index"]["files"][number], "/",
+                              int(self.test_sizes[first:first + count].sum()),
+                              slice(lo, lo + int(self.test_sizes[k])), prefix="test_")
+        c = self.clients[k]
+        return self._read(c["file"], c.get("group", "/"), int(c["test_n"]), prefix="test_")
 
     def _packed_file(self, number: int):
         """(x, y, offsets) of a packed file, checked against the index, kept while the cache has room."""

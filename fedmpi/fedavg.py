@@ -3,7 +3,10 @@
 Randomness contract (what makes results independent of the rank count and
 lets a resumed run continue bit for bit): the clients of round t are drawn
 from SeedSequence([0, seed, t]); client k's shuffling in round t from
-SeedSequence([1, seed, t, k]). Nothing else is random after model init.
+SeedSequence([1, seed, t, k]); DP's noise of round t from SeedSequence([2,
+seed, t]) (fedmpi.algorithms.privacy); the clients of federated evaluation,
+once for the run, from SeedSequence([3, seed]). Nothing else is random after
+model init.
 """
 from __future__ import annotations
 
@@ -12,13 +15,22 @@ import torch
 
 from fedmpi.errors import FedMPIError
 
-SAMPLING, CLIENT = 0, 1
+SAMPLING, CLIENT, EVALUATION = 0, 1, 3  # 2: DP's noise (fedmpi.algorithms.privacy)
 
 
 def plan_round(seed: int, round_: int, num_clients: int, clients_per_round: int) -> np.ndarray:
     """The sorted ids of the m clients sampled, uniformly without replacement, for round t."""
     rng = np.random.default_rng(np.random.SeedSequence([SAMPLING, seed, round_]))
     return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
+
+
+def plan_evaluation(seed: int, num_clients: int, count: int) -> np.ndarray:
+    """The sorted ids of the `count` clients that federated evaluation (eval_clients) evaluates on their own
+    test sets, uniformly without replacement, one set for the whole run: every evaluated round measures the
+    same clients, so their curves and percentiles compare across rounds (a set drawn anew each round would
+    add its own sampling noise to p10..p90), and each worker reads its clients' test sets once."""
+    rng = np.random.default_rng(np.random.SeedSequence([EVALUATION, seed]))
+    return np.sort(rng.choice(num_clients, count, replace=False))
 
 
 def home_worker(client: int, num_workers: int, num_clients: int) -> int:
@@ -72,7 +84,9 @@ class RoundSums:
     depend on how the clients are spread over ranks, in float64 mode too.
 
     Rows: [Σ w_k·Δ_k (dim values) | the algorithm's extra values | scalars | one 'bad update' flag
-    per sampled client]; columns (hi, lo), summed across ranks by comm.Comm.reduce_sum. w_k is n_k,
+    per sampled client | correct and count of each client of federated evaluation (`evaluated`, 0 when
+    off; each written by the client's home worker alone, integers: exact)]; columns (hi, lo), summed
+    across ranks by comm.Comm.reduce_sum. w_k is n_k,
     or 1 under DP (fedmpi.algorithms). The evaluation scalars describe the weights that were
     broadcast this round. Plain float64 sums of float32 updates were exact; of float64 updates (or
     of DP's clipped ones) they were not, and their grouping showed in the last bit.
@@ -81,18 +95,23 @@ class RoundSums:
     SCALARS = ("n", "n_loss", "weight", "correct", "test_loss", "test_count", "train_seconds", "eval_seconds",
                "requeue_requests", "interrupt_requests")
 
-    def __init__(self, dim: int, extra: int, clients_per_round: int, scalars: tuple[str, ...] = ()):
-        """`extra`, `scalars`: the algorithm's values and named sums (fedmpi.algorithms.base)."""
+    def __init__(self, dim: int, extra: int, clients_per_round: int, scalars: tuple[str, ...] = (),
+                 evaluated: int = 0):
+        """`extra`, `scalars`: the algorithm's values and named sums (fedmpi.algorithms.base); `evaluated`:
+        the clients of federated evaluation (fedmpi.fedavg.plan_evaluation)."""
         self.dim = dim
         self.at = dim + extra  # where the scalars start
         clash = set(scalars) & set(self.SCALARS)
         if clash:
             raise FedMPIError(f"config field 'algorithm': its scalars {sorted(clash)} are names fedmpi sums itself")
         self.names = self.SCALARS + tuple(scalars)
-        self.buffer = np.zeros((self.at + len(self.names) + clients_per_round, 2))
+        self.buffer = np.zeros((self.at + len(self.names) + clients_per_round + 2 * evaluated, 2))
         self.hi, self.lo = self.buffer[:, 0], self.buffer[:, 1]
         self.extra = self.hi[dim:self.at]  # one writer per value: no rounding to keep
-        self.bad = self.hi[self.at + len(self.names):]
+        flags = self.at + len(self.names)
+        self.bad = self.hi[flags:flags + clients_per_round]
+        self.client_correct = self.hi[flags + clients_per_round:flags + clients_per_round + evaluated]
+        self.client_count = self.hi[flags + clients_per_round + evaluated:]
 
     def add_delta(self, delta: np.ndarray, weight: float) -> None:
         two_sum_into(self.hi[:self.dim], self.lo[:self.dim], delta * weight if weight != 1 else delta)

@@ -24,7 +24,8 @@ from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.engine import FlatModel
-from fedmpi.fedavg import RoundSums, plan_round
+from fedmpi.evaluation import read_client_accuracy
+from fedmpi.fedavg import RoundSums, plan_evaluation, plan_round
 from fedmpi.files import remove_leftovers, write_atomically
 from fedmpi.metrics import read_metrics
 from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
@@ -47,6 +48,7 @@ class Setup:
     worker: Worker | None         # this rank's clients and engine; None on a server-only rank
     resume: Checkpoint | None     # rank 0's: None to start at round 0 in an emptied run folder
     history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
+    client_history: list[dict]    # rank 0's: the lines of client_accuracy.jsonl, when resuming
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -74,11 +76,12 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                           f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
     run_dir = Path(cfg.out)
-    checkpoint, history = None, []
+    checkpoint, history, client_history = None, [], []
     if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
         begin("reading the checkpoint")
         checkpoint = load_checkpoint(run_dir, with_weights=True)
         history = read_metrics(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
+        client_history = read_client_accuracy(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
         check_compatible(checkpoint, cfg, fed.fingerprint, run_dir / CHECKPOINT, history)
     if comm.is_server:
         sinks.check(cfg)
@@ -96,7 +99,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         begin("loading the shards")
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
         worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
-    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history)
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -115,7 +118,8 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     weights, extra = packet[:flat.dim], packet[flat.dim + 1:]
     command = flat.dim
     m = cfg.clients_per_round(fed.num_clients)
-    sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars)
+    evaluated = plan_evaluation(cfg.seed, fed.num_clients, cfg.clients_to_evaluate(fed.num_clients))
+    sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars, len(evaluated))
     start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     server = None
@@ -127,7 +131,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
-                        setup.resume, setup.history, algorithm, flat.signature())
+                        setup.resume, setup.history, algorithm, flat.signature(), evaluated, setup.client_history)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
         print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "
@@ -136,6 +140,8 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
               f"{torch.get_num_threads()} thread(s)/rank; "
               f"{f'resuming at round {start}' if start else 'writing'} {setup.run_dir}", flush=True)
         print(_algorithm_line(cfg, algorithm), flush=True)
+        if len(evaluated):
+            print(_evaluation_line(cfg, fed, evaluated), flush=True)
         kinds = {t: sum(x == t for x in trainers) for t in trainers if t is not None}
         print("fedmpi: workers train on " + "; ".join(f"{t}{f' ({n} workers)' if len(kinds) > 1 else ''}"
                                                      for t, n in kinds.items()), flush=True)
@@ -171,12 +177,14 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
                 server.checkpoint(step + 1)
                 packet[command] = INTERRUPTED if sums["interrupt_requests"] else REQUEUE
     if server:
-        flat.weights.copy_(torch.from_numpy(weights))
-        server.finish(flat.model)
+        server.finish(flat)
         if server.diverged:
             _report_divergence(server.diverged, cfg.on_bad_update)
         else:
-            print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt)", flush=True)
+            more = (", model_best.pt" if server.best_weights is not None else "") + \
+                (", client_accuracy.jsonl" if server.client_eval else "")
+            print(f"fedmpi: done; outputs in {setup.run_dir} (metrics.jsonl, summary.json, model.pt{more})",
+                  flush=True)
     return DIVERGED if packet[command] == DIVERGED else 0
 
 
@@ -191,6 +199,16 @@ def _algorithm_line(cfg: RunConfig, algorithm: Algorithm) -> str:
     if cfg.dp_clip:
         parts.append(f"DP: clip {cfg.dp_clip:g}, noise multiplier {cfg.dp_noise_multiplier:g}, δ {cfg.dp_delta:g}")
     return "fedmpi: algorithm " + "; ".join(parts)
+
+
+def _evaluation_line(cfg: RunConfig, fed: Federation, evaluated: np.ndarray) -> str:
+    """Who federated evaluation measures, and how often."""
+    without = int(np.count_nonzero(fed.test_sizes[evaluated] == 0))
+    return (f"fedmpi: federated evaluation: {len(evaluated)} of {fed.num_clients} clients (eval_clients "
+            f"{cfg.eval_clients:g}; one set for the run, drawn from the seed) on their own test sets "
+            f"({int(fed.test_sizes[evaluated].sum()):,} examples"
+            f"{f'; {without} client(s) without any, left out' if without else ''}), every evaluated round; "
+            f"per client in {Path(cfg.out) / 'client_accuracy.jsonl'}")
 
 
 def _report_divergence(diverged: dict, policy: str) -> None:

@@ -1,4 +1,9 @@
-"""Run records: one JSON line per round in metrics.jsonl, one console line, summary.json."""
+"""Run records: one JSON line per round in metrics.jsonl, one console line, summary.json.
+
+metrics.jsonl and client_accuracy.jsonl (fedmpi.evaluation) are JSON-lines files of round records with the
+same life: a job starts the file over with the records a resumed run keeps (those before its checkpoint,
+rewritten atomically), appends a line per round, and makes them durable before each checkpoint, so a
+resumed run never leaves a round twice or a round missing."""
 from __future__ import annotations
 
 import json
@@ -9,26 +14,21 @@ from fedmpi.errors import FedMPIError
 from fedmpi.files import cannot_write, write_atomically
 
 
-class MetricsLog:
-    """metrics.jsonl, started over with the records a resumed run keeps (rewritten atomically)."""
+class JsonLines:
+    """A JSON-lines file of round records, started over with the records a resumed run keeps (rewritten
+    atomically), then appended to."""
 
-    def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict], sinks: list):
-        """`sinks`: further receivers of each record (fedmpi.sinks), closed with the log."""
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, path: Path, kept: list[dict]):
+        self.path = path
         write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.file = open(self.path, "a")
-        self.total_rounds = total_rounds
-        self.sinks = sinks
 
-    def write(self, record: dict) -> None:
+    def append(self, record: dict) -> None:
         try:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as e:
             raise cannot_write(self.path, e) from None
-        print(console_line(record, self.total_rounds), flush=True)
-        for sink in self.sinks:
-            sink.write(record)
 
     def sync(self) -> None:
         """Make the records written so far durable: called before each checkpoint, so that a crash can
@@ -41,6 +41,25 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+class MetricsLog(JsonLines):
+    """metrics.jsonl, the console line of each round, and the further sinks."""
+
+    def __init__(self, run_dir: Path, total_rounds: int, kept: list[dict], sinks: list):
+        """`sinks`: further receivers of each record (fedmpi.sinks), closed with the log."""
+        super().__init__(run_dir / "metrics.jsonl", kept)
+        self.total_rounds = total_rounds
+        self.sinks = sinks
+
+    def write(self, record: dict) -> None:
+        self.append(record)
+        print(console_line(record, self.total_rounds), flush=True)
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        super().close()
         for sink in self.sinks:
             sink.close()
         self.sinks = []
@@ -55,6 +74,10 @@ def console_line(r: dict, total_rounds: int) -> str:
         parts.append(f"train loss {r['train_loss']:.4f}")
     if "test_accuracy" in r:
         parts.append(f"test acc {100 * r['test_accuracy']:6.2f}%")
+    if "client_accuracy" in r:
+        c = r["client_accuracy"]
+        parts.append(f"clients' acc p10/p50 {100 * c['p10']:.1f}/{100 * c['p50']:.1f}%" if c["clients"]
+                     else "clients' acc: none with test data")
     if "epsilon" in r:
         parts.append("ε ∞ (no noise)" if r["epsilon"] is None else f"ε {r['epsilon']:.3g}")
     if r.get("skipped_clients"):
@@ -68,7 +91,16 @@ def read_metrics(run_dir: Path, notice=None) -> list[dict]:
     """The records of metrics.jsonl, each checked: a last line torn by a kill mid-write is dropped
     (and `notice` called with why; that round is redone on resume), damage elsewhere is a FedMPIError
     naming the line."""
-    path = Path(run_dir) / "metrics.jsonl"
+    def check(record):
+        if not 0 <= record.get("test_accuracy", 0) <= 1:  # a changed digit can make 990.69 %
+            raise ValueError(f"test_accuracy {record['test_accuracy']} outside [0, 1]")
+    return read_records(Path(run_dir) / "metrics.jsonl", check, notice)
+
+
+def read_records(path: Path, check, notice=None) -> list[dict]:
+    """The records of a JSON-lines file of rounds (none if it does not exist), each a dict with an integer
+    `round` that check(record) accepts (it raises ValueError): a last line torn by a kill mid-write is
+    dropped (and `notice` called with why), damage elsewhere is a FedMPIError naming the line."""
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
@@ -80,9 +112,8 @@ def read_metrics(run_dir: Path, notice=None) -> list[dict]:
             record = json.loads(line)
             if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
                 raise ValueError("not a round's record")
-            if not 0 <= record.get("test_accuracy", 0) <= 1:  # a changed digit can make 990.69 %
-                raise ValueError(f"test_accuracy {record['test_accuracy']} outside [0, 1]")
-        except ValueError as e:
+            check(record)
+        except (ValueError, TypeError, KeyError) as e:
             if number == len(lines):  # the last line, without its newline: torn by a stop mid-write
                 if notice:
                     notice(f"{path}: line {number} was torn by a stop mid-write; dropped")

@@ -3,10 +3,15 @@
     python -m fedmpi.plot runs/a runs/b -o accuracy.png [--target 0.99]   # test accuracy vs round
     python -m fedmpi.plot table runs/sweep/* [--target 0.99] [--best-lr] [-o table.md]
     python -m fedmpi.plot scaling results.csv [more.csv] -o scaling.png [--cores N]
+    python -m fedmpi.plot clients runs/a [runs/b] -o clients.png [--round R]   # per-client accuracy
 
 The scaling figure has three panels: speedup and parallel efficiency against
 ranks (one line per series of `python -m fedmpi.scaling gather`), and
-the split of the median round time of each run of the first series.
+the split of the median round time of each run of the first series. The
+clients figure (federated evaluation, eval_clients) has two panels: the
+distribution of the clients' accuracies in one round (an ECDF: the share of
+clients at or below each accuracy; default the last evaluated round), and
+their 10th, 50th and 90th percentiles over the rounds.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import sys
 from pathlib import Path
 
 from fedmpi.errors import ArgumentParser, FedMPIError
+from fedmpi.evaluation import FILE as CLIENT_FILE, read_client_accuracy
 from fedmpi.metrics import read_metrics
 from fedmpi.results import best_lr, markdown, optimizer, run_config, run_result
 from fedmpi.scaling import read_csv
@@ -51,6 +57,52 @@ def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target:
     ax.legend(fontsize=7 if len(runs) > 6 else None)
     names = {optimizer(run_config(run)) for run in runs}
     ax.set_title(title or f"{names.pop() if len(names) == 1 else 'Federated'} test accuracy")
+    _save(fig, out)
+
+
+def plot_clients(runs: list[Path], out: Path, round_: int | None = None, title: str | None = None) -> None:
+    """The per-client accuracy of federated evaluation: its ECDF in one round, and p10/p50/p90 over rounds."""
+    runs = [run for run in runs if (Path(run) / "config.toml").is_file()]  # a sweep's plan/ is no run
+    if not runs:
+        raise FedMPIError("no run folders among the arguments")
+    fig, (ax_d, ax_r) = _pyplot().subplots(1, 2, figsize=(11, 4.2))
+    one_parent = len({Path(run).resolve().parent for run in runs}) == 1
+    shown = set()
+    for run in runs:
+        lines = [r for r in read_client_accuracy(run) if r["clients"]]
+        if not lines:
+            raise FedMPIError(f"{run}: no per-client accuracies in {CLIENT_FILE} (run with --eval-clients C on a "
+                              "federation made with data_prep --client-test-fraction F)")
+        line = lines[-1] if round_ is None else next((r for r in lines if r["round"] == round_), None)
+        if line is None:
+            raise FedMPIError(f"{run}: round {round_} was not evaluated on clients (rounds "
+                              f"{', '.join(str(r['round']) for r in lines)})")
+        shown.add(line["round"])
+        label = Path(run).name if one_parent else f"{Path(run).resolve().parent.name}/{Path(run).name}"
+        accuracy = sorted(100 * a for a in line["accuracy"])
+        n = len(accuracy)
+        ax_d.step([0.0, *accuracy, 100.0], [0.0, *[(i + 1) / n for i in range(n)], 1.0], where="post",
+                  label=f"{label} (round {line['round']}, {n} clients)")
+        rounds = [(r["round"], r["client_accuracy"]) for r in read_metrics(run)
+                  if r.get("client_accuracy", {}).get("clients")]
+        x = [t for t, _ in rounds]
+        drawn = ax_r.plot(x, [100 * c["p50"] for _, c in rounds], marker="." if len(x) < 40 else None,
+                          label=f"{label}: median, p10–p90")
+        ax_r.fill_between(x, [100 * c["p10"] for _, c in rounds], [100 * c["p90"] for _, c in rounds],
+                          color=drawn[0].get_color(), alpha=0.2)
+    ax_d.set_xlabel("a client's test accuracy (%)")
+    ax_d.set_ylabel("share of clients at or below it")
+    ax_d.set_xlim(0, 100)
+    ax_d.set_ylim(0, 1.02)
+    ax_d.set_title(f"per-client accuracy, round {shown.pop()}" if len(shown) == 1 else "per-client accuracy",
+                   fontsize=10)
+    ax_r.set_xlabel("communication round")
+    ax_r.set_ylabel("clients' test accuracy (%)")
+    ax_r.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (ax_d, ax_r):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7 if len(runs) > 3 else 8)
+    fig.suptitle(title or "Federated evaluation: each client's accuracy on its own test set")
     _save(fig, out)
 
 
@@ -161,15 +213,36 @@ def table_main(argv: list[str]) -> int:
     return 0
 
 
+def clients_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m fedmpi.plot clients",
+                       description="the distribution of the clients' accuracies on their own test sets (runs with "
+                                   "eval_clients > 0): an ECDF in one round and p10/p50/p90 over the rounds")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (folders without config.toml are skipped)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--round", type=int, dest="round_", help="the round whose distribution is drawn (default: the "
+                   "last evaluated one)")
+    p.add_argument("--title")
+    try:
+        args = p.parse_args(argv)
+        plot_clients(args.runs, args.output, args.round_, args.title)
+    except (FedMPIError, OSError, KeyError, ValueError) as e:
+        print(f"fedmpi.plot: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["table"]:
         return table_main(argv[1:])
+    if argv[:1] == ["clients"]:
+        return clients_main(argv[1:])
     scaling = argv[:1] == ["scaling"]
     p = ArgumentParser(
         prog="python -m fedmpi.plot" + (" scaling" if scaling else ""),
         description="scaling plot from CSVs of python -m fedmpi.scaling gather" if scaling else
         "test accuracy vs round of run folders (python -m fedmpi.plot scaling CSV... for scaling plots; "
-        "python -m fedmpi.plot table RUN... [--best-lr] for rounds-to-target tables)")
+        "python -m fedmpi.plot table RUN... [--best-lr] for rounds-to-target tables; python -m fedmpi.plot "
+        "clients RUN... for the distribution of per-client accuracy)")
     p.add_argument("inputs", nargs="+", type=Path, help="CSV files" if scaling else "run folders")
     p.add_argument("-o", "--output", required=True, type=Path, help="image file (.png, .pdf, .svg)")
     p.add_argument("--title")

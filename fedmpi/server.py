@@ -3,6 +3,10 @@
 Evaluation rides in the same reduction as training: the sums of step t hold
 the test results of w_t (the weights just broadcast) and the updates that
 make w_{t+1}. So round t's line is written at step t, when its accuracy is known.
+
+The best evaluated round (by central test accuracy, the earliest of equals) is
+kept: its weights go to model_best.pt at the end, and into every checkpoint, so
+that a resumed run knows them even when that round lies before its checkpoint.
 """
 from __future__ import annotations
 
@@ -16,18 +20,22 @@ import torch
 
 from fedmpi.checkpoint import Checkpoint, save_checkpoint
 from fedmpi.config import RunConfig
+from fedmpi.evaluation import FILE as CLIENT_FILE, ClientEvaluation
 from fedmpi.algorithms.base import Algorithm
 from fedmpi.algorithms.optimizers import ServerOptimizer
 from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
-from fedmpi.metrics import MetricsLog, write_json
+from fedmpi.metrics import JsonLines, MetricsLog, write_json
 from fedmpi.sinks import open_sinks
 
 
 class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
                  num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict],
-                 algorithm: Algorithm, model_signature: list):
+                 algorithm: Algorithm, model_signature: list, evaluated: np.ndarray | None = None,
+                 client_history: list[dict] | None = None):
+        """`evaluated`: the clients of federated evaluation (fedavg.plan_evaluation; empty or None: off);
+        `client_history`: the lines of client_accuracy.jsonl when resuming."""
         self.cfg = cfg
         self.model_signature = model_signature  # engine.FlatModel.signature(), kept in checkpoints
         self.algorithm = algorithm
@@ -42,14 +50,25 @@ class Server:
         self.pending: dict | None = None  # the round trained in the last step, awaiting its accuracy
         self.target_round: int | None = None  # the round whose weights reached cfg.target_accuracy
         self.diverged: dict | None = None  # {"round", "clients"}: the round a non-finite update ended
+        # the best evaluated round: its number, test accuracy and weights (None: before a format-3 checkpoint)
+        self.best_round: int | None = None
+        self.best_accuracy = -1.0
+        self.best_weights: np.ndarray | None = None
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
             self.history = [r for r in history if r["round"] < resume.round]
             self.pending = resume.pending
             weights[:] = resume.weights
             self._load_state(resume.state)
+            self._resume_best(resume)
         sinks = open_sinks(run_dir, cfg, resume.round if resume else 0)
         self.log = MetricsLog(run_dir, cfg.rounds, self.history, sinks)
+        kept = [r for r in client_history or [] if r["round"] < resume.round] if resume else []
+        self.client_eval = None
+        if evaluated is not None and len(evaluated):
+            self.client_eval = ClientEvaluation(run_dir, evaluated, kept)
+        elif client_history:  # resumed without federated evaluation: the rounds it redoes get no lines
+            JsonLines(run_dir / CLIENT_FILE, kept).close()
         self.started = time.perf_counter()
 
     def end_step(self, step: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> None:
@@ -57,6 +76,8 @@ class Server:
         if sums["test_count"]:
             record["test_accuracy"] = sums["correct"] / sums["test_count"]
             record["test_loss"] = sums["test_loss"] / sums["test_count"]
+            if self.client_eval:
+                record["client_accuracy"] = self.client_eval.round_record(step, sums)
         self.log.write(record)
         self.history.append(record)
         self.pending = None
@@ -69,10 +90,13 @@ class Server:
                 # w_step is the result: the update trained in this step is dropped, and the
                 # checkpoint makes a --resume of this run stop here again, rewriting this
                 # round's record as it is now.
-                self.pending = {k: v for k, v in record.items() if k not in ("test_accuracy", "test_loss")}
-                self.checkpoint(step)
+                self.pending = {k: v for k, v in record.items()
+                                if k not in ("test_accuracy", "test_loss", "client_accuracy")}
+                self.checkpoint(step)  # its best is of the rounds before step, which a resume keeps
                 self.pending = None
+                self._keep_if_best(record)
                 return
+        self._keep_if_best(record)
         if step < self.cfg.rounds:
             self.pending = self._apply(step + 1, sampled, sums, timing)
             if self.diverged:
@@ -103,17 +127,47 @@ class Server:
         """Save w_round atomically; returns the seconds it took."""
         t = time.perf_counter()
         self.log.sync()
+        if self.client_eval:
+            self.client_eval.sync()
         save_checkpoint(self.run_dir, Checkpoint(round_, dataclasses.asdict(self.cfg), self.federation,
                                                  self.pending, self.weights, self._state(),
-                                                 self.model_signature))
+                                                 self.model_signature, self.best_weights, self.best_round))
         return time.perf_counter() - t
 
-    def finish(self, model: torch.nn.Module) -> None:
-        """Write the final model and summary.json."""
+    def _keep_if_best(self, record: dict) -> None:
+        """Keep w_t as the best weights if round t's test accuracy beats every earlier round's."""
+        if "test_accuracy" in record and record["test_accuracy"] > self.best_accuracy:
+            self.best_round, self.best_accuracy = record["round"], record["test_accuracy"]
+            if self.best_weights is None:
+                self.best_weights = self.weights.copy()
+            else:
+                self.best_weights[:] = self.weights
+
+    def _resume_best(self, resume: Checkpoint) -> None:
+        """The best round among those the resumed run keeps, with its weights from the checkpoint (a format-3
+        checkpoint has none: model_best.pt is then written only if a later round does better)."""
+        evaluated = [r for r in self.history if "test_accuracy" in r]
+        if evaluated:
+            best = max(evaluated, key=lambda r: r["test_accuracy"])
+            self.best_round, self.best_accuracy = best["round"], best["test_accuracy"]
+        if resume.best is not None and resume.best_round == self.best_round:
+            self.best_weights = resume.best.copy()
+
+    def finish(self, flat) -> None:
+        """Write model_best.pt, the final model (model.pt, left in `flat`, the engine's FlatModel) and
+        summary.json."""
         self.log.close()
-        model_file = io.BytesIO()
-        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, model_file)
-        write_atomically(self.run_dir / "model.pt", model_file.getvalue())
+        if self.client_eval:
+            self.client_eval.close()
+        best_file = self.run_dir / "model_best.pt"
+        if self.best_weights is not None:
+            flat.weights.copy_(torch.from_numpy(self.best_weights))
+            _save_model(flat.model, best_file)
+        elif self.best_round is not None:
+            print(f"fedmpi: note: the best round, {self.best_round}, came before the checkpoint this run resumed "
+                  "from, which was written by an older fedmpi without its weights; no model_best.pt", flush=True)
+        flat.weights.copy_(torch.from_numpy(self.weights))
+        _save_model(flat.model, self.run_dir / "model.pt")
         evaluated = [r for r in self.history if "test_accuracy" in r]
         final = evaluated[-1] if evaluated else {}
         best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else {}
@@ -124,12 +178,14 @@ class Server:
             "final_test_accuracy": final.get("test_accuracy"),
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),
+            **({"final_client_accuracy": final["client_accuracy"]} if "client_accuracy" in final else {}),
             **({"diverged": self.diverged} if self.diverged else {}),
             "ranks": self.num_ranks,
             "workers": self.num_workers,
             **({"dp": self._privacy()} if self.cfg.dp_clip else {}),
             "wall_seconds_this_job": round(time.perf_counter() - self.started, 3),
             "model": str(self.run_dir / "model.pt"),
+            "best_model": str(best_file) if self.best_weights is not None else None,
         })
 
     def _privacy(self) -> dict:
@@ -147,3 +203,12 @@ class Server:
 
     def stop(self) -> None:
         self.log.close()
+        if self.client_eval:
+            self.client_eval.close()
+
+
+def _save_model(model: torch.nn.Module, path: Path) -> None:
+    """The model's state_dict, written atomically."""
+    model_file = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, model_file)
+    write_atomically(path, model_file.getvalue())

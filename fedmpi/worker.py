@@ -8,7 +8,9 @@ balanced by examples, a sampled client may be trained away from home
 (fedavg.assign_to_workers); its shard is then read by that worker on first
 use and kept too, so each rank reads each shard at most once. The worker also
 evaluates its slice of the test set, so evaluation is split over the workers
-and summed in the same reduction as the updates. How the clients train
+and summed in the same reduction as the updates, and, with eval_clients, its
+clients of the run's evaluation set on their own test sets (federated
+evaluation, fedmpi.evaluation). How the clients train
 (stacked or one at a time) is the engine's business (fedmpi.engine).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fedmpi.data import Federation
 from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
 from fedmpi.engine.inputs import inputs_for
 from fedmpi.errors import FedMPIError
-from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker
+from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker, plan_evaluation
 
 # The example orders of one stack (engine.Engine.train) are made for all E epochs at once; the paper's
 # settings need a few MB. Past this, E is beyond any useful value (E = 10^9 asked for 48 TB).
@@ -74,6 +76,14 @@ class Worker:
         self.start = torch.empty_like(flat.weights)
         # a float64 copy made once per round, not per client: w_k − w_t in float64 is exact.
         self.start64 = torch.empty_like(flat.weights, dtype=torch.float64)
+        # Federated evaluation: the clients of the run's set (fedavg.plan_evaluation) whose home this worker is,
+        # with their slots in it; a small federation's test sets are read (and checked) now, an indexed one's
+        # on first use, like its shards.
+        evaluated = plan_evaluation(cfg.seed, fed.num_clients, cfg.clients_to_evaluate(fed.num_clients))
+        self.evaluates = [(slot, int(k)) for slot, k in enumerate(evaluated)
+                          if home_worker(int(k), num_workers, fed.num_clients) == worker_index]
+        self.client_tests = {} if fed.indexed else {k: on_device(fed.load_client_test(k), flat.weights.device)
+                                                    for _, k in self.evaluates}
 
     def step(self, weights: np.ndarray, extra: np.ndarray, round_: int | None, sampled: np.ndarray,
              evaluate_now: bool, sums: RoundSums) -> None:
@@ -89,6 +99,7 @@ class Worker:
                 sums.add("correct", chunk_correct)
                 sums.add("test_loss", chunk_loss)
             sums.add("test_count", count)
+            self._evaluate_clients(sums)
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
         owners = assign_to_workers(sampled, self.fed.sizes[sampled], self.num_workers, self.fed.num_clients)
@@ -115,6 +126,17 @@ class Worker:
         if offsets is not None:
             offsets = torch.from_numpy(offsets).to(device=self.flat.weights.device, dtype=self.flat.weights.dtype)
         return correction.mu, offsets
+
+    def _evaluate_clients(self, sums: RoundSums) -> None:
+        """Federated evaluation of the weights in flat.weights: each of this worker's clients of the set on its
+        own test set, alone (in chunks from its first example, whatever the rank count), its number correct
+        and of targets into its slot of the sums."""
+        for slot, k in self.evaluates:
+            if k not in self.client_tests:
+                self.client_tests[k] = on_device(self.fed.load_client_test(k), self.flat.weights.device)
+            correct, _, count = self.engine.evaluate(*self.client_tests[k])
+            sums.client_correct[slot] = sum(correct)
+            sums.client_count[slot] = count
 
     def data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client k's examples on the device; a small federation's are kept once read. An indexed one

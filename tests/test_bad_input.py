@@ -409,8 +409,44 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("lr_decay = 0", "--lr-decay", "0", ["'lr_decay'", "(0, 1]"]),
     ("server_tau = 1e200 (the adaptive step vanished)", "--server-tau", "1e200", ["'server_tau'", "(0, 1]"]),
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
+    ("eval_clients = 1.5", "--eval-clients", "1.5", ["'eval_clients'", "[0, 1]", "1.5"]),
+    ("eval_clients = nan", "--eval-clients", "nan", ["'eval_clients'", "[0, 1]", "nan"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
+
+
+# --- federated evaluation (eval_clients, data_prep --client-test-fraction) -------------------------
+
+@case("eval_clients on a federation made without client test sets")
+def _(c):
+    return Case(["--data", str(c.fed), "--eval-clients", "0.5"],
+                ["'eval_clients'", str(c.fed), "no client test sets", "--client-test-fraction"], ranks=CONFIG_RANKS)
+
+
+def with_client_tests(c) -> Path:
+    """A private copy of the 10-client federation made with --client-test-fraction 0.2, to damage."""
+    copy = c.tmp / "fed-ct"
+    shutil.copytree(c.request.getfixturevalue("federation")(clients=10, client_test_fraction=0.2), copy)
+    return copy
+
+
+@case("manifest client entry lacks test_n")
+def _(c):
+    fed = with_client_tests(c)
+    edit_manifest(fed, lambda m: m["clients"][3].pop("test_n"))
+    return Case(["--data", str(fed)], ["manifest.json", "client 3", "'test_n'"], ranks=CONFIG_RANKS)
+
+
+@case("a client's own test set of the wrong shape (read at set-up by its worker)")
+def _(c):
+    fed = with_client_tests(c)
+    path = fed / SHARD
+    with h5py.File(path, "r+") as f:
+        x = f["test_x"][:]
+        del f["test_x"]
+        f.create_dataset("test_x", data=np.ascontiguousarray(x[..., :27]))
+    rehash(fed, SHARD)
+    return Case(["--data", str(fed), "--eval-clients", "1"], [SHARD, "/test_x", "[1200, 1, 28, 27]"])
 
 
 # --- a user's model ("module:function", tests/user_models.py on PYTHONPATH) ---------------------
@@ -662,6 +698,8 @@ DATA_PREP_CASES = {
          "a client would get inf examples"),
         ("synthetic --feature-skew 1e300", [*SYNTHETIC, "--feature-skew", "1e300"],
          "--feature-skew 1e+300: must be at most 1000"),
+        *((f"--client-test-fraction {v}", ["--client-test-fraction", v], "must lie strictly between 0 and 1")
+          for v in ("0", "1", "nan")),
     ]},
 }
 

@@ -173,9 +173,10 @@ def tmpfs(path, size, readonly=False):
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays_usable(uninterrupted, federation,
                                                                                       tmp_path):
-    """The 2NN's checkpoint is 0.8 MB: on a 1.2 MB disk the first fits, the second (written beside it) not."""
+    """The 2NN's checkpoint is 1.6 MB (its weights and the best round's): on a 2.4 MB disk the first fits, the
+    second (written beside it) not."""
     fed = federation(clients=10)
-    with tmpfs(tmp_path / "disk", "1200k") as disk:
+    with tmpfs(tmp_path / "disk", "2400k") as disk:
         r = launch(0, ["--data", str(fed), "--out", str(disk / "run"), *FLAGS], timeout=120)
         one_error_line(r, "checkpoint.h5", "No space left on device")
         assert sorted(p.name for p in (disk / "run").iterdir()) == \

@@ -33,7 +33,10 @@ class Dataset:
     Images: x uint8 [N, C, H, W], y int64 [N]. Sequences: x and y int16 [N, T], y[i, t] the token
     after x[i, t], -1 where a sequence is padded (no target). `fields` are the manifest fields of
     the kind (e.g. `vocabulary`); `natural` the training indices of each natural client, if any, and
-    `natural_names` their names; `note` a line for data_prep to print (e.g. the paper's client count).
+    `natural_names` their names; `natural_test` the indices into the test set of each natural client's
+    own test examples, where the source splits each client (Shakespeare: a role's last lines), and
+    `natural_test_share` the share of its examples that split aims at; `note` a line for data_prep to
+    print (e.g. the paper's client count).
     """
 
     train_x: np.ndarray
@@ -46,6 +49,8 @@ class Dataset:
     fields: dict = field(default_factory=dict)
     natural: list[np.ndarray] | None = None
     natural_names: list[str] | None = None
+    natural_test: list[np.ndarray] | None = None
+    natural_test_share: float | None = None
     note: str = ""
 
 

@@ -20,7 +20,9 @@ line are that context (y = -1 there), and before the role's first line x
 reads newlines. A line longer than 80 characters gives one example per 80
 of its characters. A test line's context is the role's lines before it, as
 a reader's would be. Tokens index the sorted vocabulary of all speech. The
-test set is every role's test lines, one example each.
+test set is every role's test lines, one example each; with
+`--client-test-fraction 0.2` each role's test lines are also its client's
+own test set (natural_test).
 """
 from __future__ import annotations
 
@@ -63,20 +65,23 @@ def load(source: str | None, checked: bool = True) -> Dataset:
         raise FedMPIError(f"--source {source}: no role with {MIN_LINES} lines or more")
     vocabulary = sorted({c for _, _, lines in roles for line in lines for c in line} | {"\n"})
     token = {c: i for i, c in enumerate(vocabulary)}
-    train, test, natural, names = [], [], [], []
+    train, test, natural, natural_test, names = [], [], [], [], []
+    first, first_test = 0, 0
     for play, role, lines in roles:
         cut = min(math.ceil(TRAIN_SHARE * len(lines)), len(lines) - 1)
-        first = sum(len(w) for w in train)
         ids = speech_ids(lines, token)
         train.append(line_examples(lines, 0, cut, ids))
         test.append(line_examples(lines, cut, len(lines), ids))
         natural.append(np.arange(first, first + len(train[-1])))
+        natural_test.append(np.arange(first_test, first_test + len(test[-1])))
+        first, first_test = first + len(train[-1]), first_test + len(test[-1])
         names.append(f"{play}/{role}")
     train_xy, test_xy = np.concatenate(train), np.concatenate(test)
     return Dataset(train_x=train_xy[:, 0], train_y=train_xy[:, 1], test_x=test_xy[:, 0], test_y=test_xy[:, 1],
                    source=origin, num_classes=len(vocabulary), kind="sequence",
                    fields={"sequence_length": SEQUENCE_LENGTH, "vocabulary": "".join(vocabulary)},
-                   natural=natural, natural_names=names,
+                   natural=natural, natural_names=names, natural_test=natural_test,
+                   natural_test_share=round(1 - TRAIN_SHARE, 9),
                    note=f"{len(roles):,} roles with {MIN_LINES}+ lines (the paper: {PAPER_CLIENTS:,})")
 
 
