@@ -23,6 +23,9 @@ PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 MAX_THREADS = 4096
 MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
+# The clients' weight decay λ: usual values are 1e-5 to 1e-3. Each step scales a weight by (1 − ηλ) besides
+# the gradient, so with λ > 1e3 and any η ≥ 1e-3 the decay alone flips every weight's sign each step.
+MAX_WEIGHT_DECAY = 1e3
 MAX_DP = 1e6  # the largest dp_clip and dp_noise_multiplier (see _validate_algorithm)
 MIN_DP_NOISE = 1e-3  # the smallest dp_noise_multiplier but 0 (see _validate_algorithm)
 # Set-up (imports, model, shards; docs/reliability.md) takes seconds to a few minutes even at K = 10^6
@@ -56,6 +59,12 @@ class RunConfig:
     lr: float = _field(0.1, "η, client learning rate", label="lr", table="η")
     lr_decay: float = _field(1.0, "the clients' η is multiplied by this every round: η_t = η · lr_decay^(t−1) "
                              "(1 = constant)", label="decay")
+    client_momentum: float = _field(0.0, "the clients' SGD momentum ρ, in [0, 1), as torch.optim.SGD's: "
+                                    "v ← ρ v + g, w ← w − η v; v starts at 0 for every client in every round "
+                                    "(not kept across rounds)", label="mom")
+    weight_decay: float = _field(0.0, f"the clients' L2 weight decay λ, in [0, {MAX_WEIGHT_DECAY:g}], as "
+                                 "torch.optim.SGD's: g = ∇f(w) + λ w on every parameter (biases too; not on "
+                                 "buffers)", label="wd")
     rounds: int = _field(50, "T, communication rounds", semantic=False)
     seed: int = _field(0, "seed of model init, client sampling and shuffling", label="seed")
     out: str = _field("runs/fedavg", "run folder for config.toml, metrics.jsonl, summary.json, model.pt",
@@ -244,6 +253,10 @@ def validate(cfg: RunConfig) -> None:
         bad("lr", f"the learning rate must be a finite number > 0 and at most {MAX_LR:g}, got {cfg.lr}")
     if not (math.isfinite(cfg.lr_decay) and 0 < cfg.lr_decay <= 1):
         bad("lr_decay", f"must lie in (0, 1] (1 = a constant η), got {cfg.lr_decay}")
+    if not (math.isfinite(cfg.client_momentum) and 0 <= cfg.client_momentum < 1):
+        bad("client_momentum", f"must lie in [0, 1) (0 = plain SGD), got {cfg.client_momentum}")
+    if not (math.isfinite(cfg.weight_decay) and 0 <= cfg.weight_decay <= MAX_WEIGHT_DECAY):
+        bad("weight_decay", f"must be a finite number in [0, {MAX_WEIGHT_DECAY:g}] (0 = none), got {cfg.weight_decay}")
     if not 0 <= cfg.seed <= MAX_SEED:
         bad("seed", f"must lie in 0..{MAX_SEED} (2^63 - 1), got {cfg.seed}")
     if cfg.rounds < 0:

@@ -194,7 +194,9 @@ def _algorithm_line(cfg: RunConfig, algorithm: Algorithm) -> str:
     named = "".join(f"{'; ' if i else ' ('}{k} {v:g}" if isinstance(v, float) else f"{'; ' if i else ' ('}{k} {v}"
                     for i, (k, v) in enumerate(settings.items())) + (")" if settings else "")
     parts = [(algorithm.inner if cfg.dp_clip else algorithm).title + named,
-             f"clients: E {cfg.epochs}, B {cfg.batch_size or '∞'}, η {cfg.lr:g}",
+             f"clients: E {cfg.epochs}, B {cfg.batch_size or '∞'}, η {cfg.lr:g}"
+             + (f", momentum {cfg.client_momentum:g}" if cfg.client_momentum else "")
+             + (f", weight decay {cfg.weight_decay:g}" if cfg.weight_decay else ""),
              f"server: {cfg.server_optimizer}, η {cfg.server_lr:g}"]
     if cfg.dp_clip:
         parts.append(f"DP: clip {cfg.dp_clip:g}, noise multiplier {cfg.dp_noise_multiplier:g}, δ {cfg.dp_delta:g}")

@@ -14,6 +14,7 @@
 """
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,11 +37,14 @@ def fed(federation):
     return Federation(federation("iid", clients=20))
 
 
-def make_engine(fed, model, stack, dtype=torch.float32, seed=4):
+MOMENTUM_WD = dict(momentum=0.9, weight_decay=0.01)  # the clients' torch.optim.SGD options (Engine's keywords)
+
+
+def make_engine(fed, model, stack, dtype=torch.float32, seed=4, **options):
     flat = FlatModel(build_model(model, fed.input_shape, fed.num_classes, seed), torch.device("cpu"), dtype)
     norm = fed.manifest["normalize"]
     clients = [tuple(map(torch.from_numpy, fed.load_client(k))) for k in range(4)]
-    return Engine(flat, Normalizer(norm["mean"], norm["std"], "cpu", dtype), stack, clients[0]), clients
+    return Engine(flat, Normalizer(norm["mean"], norm["std"], "cpu", dtype), stack, clients[0], **options), clients
 
 
 def train(engine, clients, ks, epochs, batch):
@@ -48,8 +52,13 @@ def train(engine, clients, ks, epochs, batch):
                         [client_generator(0, ROUND, k) for k in ks], epochs, batch, LR)
 
 
-def test_one_client_at_a_time_is_plain_sgd(fed):
-    engine, clients = make_engine(fed, "user_models:bn_net", 1, torch.float64)
+@pytest.mark.parametrize("options", [{}, MOMENTUM_WD], ids=["plain", "momentum-wd"])
+def test_one_client_at_a_time_is_plain_sgd(fed, options):
+    """With momentum and weight decay: torch.optim.SGD's, whose weight decay acts on the parameters (biases
+    too) and not on BatchNorm's running statistics, which this model has."""
+    engine, clients = make_engine(fed, "user_models:bn_net", 1, torch.float64, **options)
+    if options:  # 2 epochs of 10 steps: momentum at work, in a sixth of the time of the whole client
+        clients[2] = tuple(t[:500] for t in clients[2])
     start = engine.flat.weights.clone()
     weights, losses = train(engine, clients, [2], epochs=2, batch=50)
     # The reference: the same model built afresh, a plain forward and torch.optim.SGD.
@@ -58,7 +67,7 @@ def test_one_client_at_a_time_is_plain_sgd(fed):
     norm = fed.manifest["normalize"]
     mean, std = (torch.tensor(norm[k], dtype=torch.float64).view(-1, 1, 1) for k in ("mean", "std"))
     x = (x.double() / 255 - mean) / std
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, **options)
     gen = client_generator(0, ROUND, 2)
     for _ in range(2):
         order = torch.randperm(len(y), generator=gen)
@@ -89,9 +98,10 @@ def test_mlp_stack_equals_clients_trained_alone(fed, epochs, batch):
     assert not torch.equal(weights[0], stacked.flat.weights)  # it did train
 
 
+@pytest.mark.parametrize("options", [{}, MOMENTUM_WD], ids=["plain", "momentum-wd"])
 @pytest.mark.parametrize("batch", [10, 50])
-def test_a_client_does_not_depend_on_its_stack(fed, batch):
-    engine, clients = make_engine(fed, "2nn", 0)
+def test_a_client_does_not_depend_on_its_stack(fed, batch, options):
+    engine, clients = make_engine(fed, "2nn", 0, **options)
     all4, losses4 = train(engine, clients, [0, 1, 2, 3], 1, batch)
     for ks in ([3], [1, 2], [3, 0, 2]):
         part, losses = train(engine, clients, ks, 1, batch)
@@ -136,14 +146,16 @@ def test_a_model_vmap_cannot_stack_is_trained_one_at_a_time_and_says_why(fed):
     assert torch.equal(first, again)  # dropout draws from (seed, round, client) alone
 
 
+@pytest.mark.parametrize("options", [{}, MOMENTUM_WD], ids=["plain", "momentum-wd"])
 @pytest.mark.parametrize("precision", ["float32", "float64"])
-def test_clients_of_unequal_sizes_stacked_equal_each_alone_bitwise(fed, precision):
+def test_clients_of_unequal_sizes_stacked_equal_each_alone_bitwise(fed, precision, options):
     """Stacked MLP clients are padded to B rows per batch and masked, alone or not: a client's numbers
     do not depend on the sizes of the clients beside it (what keeps unequal federations independent of
-    the rank count), and they equal the unpadded one-at-a-time path up to rounding."""
+    the rank count), and they equal the unpadded one-at-a-time path up to rounding. With momentum, a
+    client whose steps have run out keeps its momentum buffer for its next epoch, as if alone."""
     dtype = DTYPES[precision]
-    engine, clients = make_engine(fed, "2nn", 0, dtype)
-    alone, _ = make_engine(fed, "2nn", 1, dtype)
+    engine, clients = make_engine(fed, "2nn", 0, dtype, **options)
+    alone, _ = make_engine(fed, "2nn", 1, dtype, **options)
     clients = [(x[:n], y[:n]) for (x, y), n in zip(clients, (37, 50, 13, 101))]
     assert engine.stacks([37, 50, 13, 101], 10) == [[2, 0, 1, 3]]  # one stack, smallest first
     together, losses = train(engine, clients, [0, 1, 2, 3], 2, 10)
@@ -191,3 +203,27 @@ def test_500_rounds_of_unbalanced_clients_need_a_few_graph_shapes(fed):
                 exact.add((len(stack), max(mine[i] for i in stack)))
     print(f"{len(shapes)} padded stack shapes, {len(exact)} exact ones")
     assert len(shapes) <= MAX_GRAPHS < len(exact)
+
+
+def test_cuda_graphs_are_keyed_by_every_number_they_bake_in():
+    """A graph replays the η, μ, momentum and weight decay it was captured with, so each is in its key
+    (shown with the capture replaced: this runs without a GPU); the offsets are inputs, copied in."""
+    from fedmpi.engine import Rule
+    from fedmpi.engine.stacked import GraphedTraining
+
+    graphed, captured = GraphedTraining(None), []
+
+    def capture(inputs, batch, lr, rule):
+        captured.append((lr, rule and rule._replace(offset=None)))
+        return SimpleNamespace(replay=lambda: None), [None if t is None else t.clone() for t in inputs], \
+            torch.zeros(2)
+
+    graphed._capture = capture
+    rows, orders = torch.zeros(2, 5), torch.zeros(2, 1, 3, dtype=torch.int64)
+    offset = torch.zeros(2, 4)
+    rules = [None, Rule(4, momentum=0.9), Rule(4, momentum=0.5), Rule(4, weight_decay=0.01),
+             Rule(4, 0.1, offset), Rule(4, 0.1, offset, momentum=0.9)]
+    for rule in rules + [Rule(4, 0.1, offset + 1)] + rules:  # other offsets, then all again: no new capture
+        graphed(rows, rows, rows, orders, None, None, 3, 0.1, rule)
+    graphed(rows, rows, rows, orders, None, None, 3, 0.05, rules[1])
+    assert len(captured) == len(rules) + 1 == len(set(captured))

@@ -12,6 +12,11 @@ faster orientation of the batched products.
 Every slice of a batched matmul is computed alone, so a client's numbers do
 not depend on which clients share its stack, and they equal those of the
 client trained alone through engine.loop (bitwise, tests/test_engine.py).
+
+With client momentum or weight decay the layers' backward adds the
+gradients into the clients' momentum buffers, and engine.local_sgd applies
+them to the rows of the stack, which the layers then compute with directly
+(no working copies).
 """
 from __future__ import annotations
 
@@ -37,15 +42,25 @@ class FusedMLPStep:
         self.flat = flat
         self.layers = [f"{i}" if isinstance(m, nn.Linear) else None for i, m in enumerate(flat.model)][1:]
 
-    def begin(self, rows: torch.Tensor, lr: float) -> None:
-        """Working copies of the G clients' Linear weights, input-major (G, in, out), and biases."""
+    def begin(self, rows: torch.Tensor, lr: float, velocity: torch.Tensor | None = None) -> None:
+        """Working copies of the G clients' Linear weights, input-major (G, in, out), and biases, which
+        step themselves. Given `velocity` (G, dim: the clients' momentum buffers, engine.local_sgd), the
+        layers add their gradients into it instead and compute with the rows themselves, which
+        local_sgd steps."""
         self.views, _ = self.flat.stacked(rows)
         self.lr = lr
-        self.params = {}
+        self.params, self.into = {}, None
+        if velocity is not None:
+            buffers, _ = self.flat.stacked(velocity)
+            self.into = {name: (buffers[f"{name}.weight"].transpose(1, 2), buffers[f"{name}.bias"])
+                         for name in filter(None, self.layers)}
         for name in filter(None, self.layers):
-            self.params[name] = (
-                self.views[f"{name}.weight"].transpose(1, 2).clone(memory_format=torch.contiguous_format),
-                self.views[f"{name}.bias"].clone(memory_format=torch.contiguous_format))
+            weight, bias = self.views[f"{name}.weight"].transpose(1, 2), self.views[f"{name}.bias"]
+            if velocity is None:
+                self.params[name] = (weight.clone(memory_format=torch.contiguous_format),
+                                     bias.clone(memory_format=torch.contiguous_format))
+            else:
+                self.params[name] = (weight.detach(), bias.detach())
             for p in self.params[name]:
                 p.requires_grad_()
 
@@ -53,7 +68,7 @@ class FusedMLPStep:
         g, b = y.shape
         h = x.reshape(g, b, -1)
         for name in self.layers:
-            h = linear_sgd(h, *self.params[name], self.lr) if name else torch.relu(h)
+            h = linear_sgd(h, *self.params[name], self.lr, self.into and self.into[name]) if name else torch.relu(h)
         loss = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(g, -1)
         # mean over each client's rows that hold an example (a padded batch); 0 where none do
         loss = loss.mean(1) if mask is None else (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -61,6 +76,8 @@ class FusedMLPStep:
         return loss.detach()
 
     def end(self, rows: torch.Tensor) -> None:
+        if self.into is not None:  # trained in the rows
+            return
         with torch.no_grad():
             for name, (w, bias) in self.params.items():
                 self.views[f"{name}.weight"].copy_(w.transpose(1, 2))
