@@ -39,8 +39,9 @@ def fed(federation):
     return federation(clients=40, unbalance=1.0)  # 40 clients of 60 to 6,000 examples: their τ_k differ
 
 
-def reference(fed_dir, algorithm: str) -> np.ndarray:
-    """FedNova or FedDyn, sequentially, in float64 (the module docstring)."""
+def reference(fed_dir, algorithm: str, rho: float = 0.0) -> np.ndarray:
+    """FedNova or FedDyn, sequentially, in float64 (the module docstring); `rho`: the clients' momentum
+    (torch.optim.SGD's), which makes FedNova's τ_k the paper's ‖a_k‖₁ = Σ_{i=1..τ_k} (1 − ρ^i)/(1 − ρ)."""
     fed = Federation(fed_dir)
     model = build_model("2nn", fed.input_shape, fed.num_classes, SEED).double()
     params = list(model.parameters())
@@ -59,7 +60,7 @@ def reference(fed_dir, algorithm: str) -> np.ndarray:
             torch.nn.utils.vector_to_parameters(w.clone(), params)
             state = np.random.SeedSequence([1, SEED, r, int(k)]).generate_state(1, np.uint64)[0]
             g = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-            tau = 0
+            tau, norm, buffer = 0, 0.0, None
             for _ in range(E):
                 perm = torch.randperm(len(y), generator=g)
                 for i in range(0, len(y), B):
@@ -68,15 +69,16 @@ def reference(fed_dir, algorithm: str) -> np.ndarray:
                     loss = F.cross_entropy(model(x[idx]), y[idx])
                     if algorithm == DYN:  # L_k(θ) − ⟨g_k, θ⟩ + α/2 ‖θ − θ_{t−1}‖²
                         loss = loss - current @ grad_state[k] + ALPHA / 2 * (current - w).pow(2).sum()
-                    grads = torch.autograd.grad(loss, params)
+                    grads = torch.cat([q.reshape(-1) for q in torch.autograd.grad(loss, params)])
+                    buffer = grads if buffer is None else rho * buffer + grads
                     with torch.no_grad():
-                        torch.nn.utils.vector_to_parameters(current - LR * torch.cat([q.reshape(-1) for q in grads]),
-                                                            params)
+                        torch.nn.utils.vector_to_parameters(current - LR * buffer, params)
                     tau += 1
+                    norm += sum(rho**j for j in range(tau))  # Σ_{j<τ} ρ^j = (1 − ρ^τ)/(1 − ρ); over τ steps: ‖a_k‖₁
             delta = torch.cat([p.detach().reshape(-1) for p in params]) - w
             deltas.append(delta)
             sizes.append(len(y))
-            steps.append(tau)
+            steps.append(norm)
             if algorithm == DYN:
                 grad_state[k] = grad_state[k] - ALPHA * delta
         if algorithm == NOVA:  # Δ = τ_eff Σ p_k Δ_k / τ_k, p_k = n_k / Σ n_j, τ_eff = Σ p_k τ_k
@@ -90,14 +92,17 @@ def reference(fed_dir, algorithm: str) -> np.ndarray:
     return w.numpy()
 
 
-@pytest.mark.parametrize("algorithm", [NOVA, DYN], ids=["fednova", "feddyn"])
-def test_a_user_algorithm_equals_its_sequential_reference(algorithm, fed, tmp_path):
+@pytest.mark.parametrize("algorithm, rho", [(NOVA, 0.0), (NOVA, 0.5), (DYN, 0.0)],
+                         ids=["fednova", "fednova-client-momentum", "feddyn"])
+def test_a_user_algorithm_equals_its_sequential_reference(algorithm, rho, fed, tmp_path):
     extra = ["--algorithm-args", f"alpha = {ALPHA}"] if algorithm == DYN else []
+    extra += ["--client-momentum", str(rho)] if rho else []
     train(3, fed, tmp_path / "run", *BASE, "--rounds", str(ROUNDS), "--precision", "float64",
           "--algorithm", algorithm, *extra)
-    got, expected = final_weights(tmp_path / "run"), reference(fed, algorithm)
+    got, expected = final_weights(tmp_path / "run"), reference(fed, algorithm, rho)
     assert np.abs(got - expected).max() < 1e-9, np.abs(got - expected).max()
-    train(3, fed, tmp_path / "fedavg", *BASE, "--rounds", str(ROUNDS), "--precision", "float64")
+    train(3, fed, tmp_path / "fedavg", *BASE, "--rounds", str(ROUNDS), "--precision", "float64",
+          *(["--client-momentum", str(rho)] if rho else []))
     assert np.abs(got - final_weights(tmp_path / "fedavg")).max() > 1e-4  # it is not FedAvg
 
 
