@@ -20,6 +20,7 @@ from fedmpi.errors import FedMPIError
 
 BAD_UPDATE_POLICIES = ("abort", "skip")
 PRECISIONS = ("float32", "float64")
+SPEED_MODELS = ("constant", "lognormal")  # client_speed's built-ins, besides a CSV file (fedmpi/system.py)
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 MAX_THREADS = 4096
 MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
@@ -107,6 +108,17 @@ class RunConfig:
     dp_noise_multiplier: float = _field(0.0, "DP-FedAvg: Gaussian noise of std z × dp_clip on the sum of updates",
                                         label="z", table="setting")
     dp_delta: float = _field(1e-5, "DP-FedAvg: δ of the (ε, δ) written every round")
+    client_speed: str = _field("constant", "the clients' compute speeds (the virtual clock, fedmpi/system.py): "
+                               "constant (all 1) | lognormal (exp(σ z), σ = speed_sigma) | a CSV file with the "
+                               "columns client, speed and optionally bandwidth, latency")
+    speed_sigma: float = _field(1.0, "σ of lognormal speeds", label="sigma")
+    step_seconds: float = _field(0.05, "virtual seconds of one local step at speed 1")
+    bandwidth: float = _field(1.0, "every client's upload bandwidth in MB/s (unless the speeds' CSV gives its own)")
+    latency: float = _field(0.05, "every client's network latency in seconds (unless the speeds' CSV gives its own)")
+    stragglers: float = _field(0.0, "the share of each round's clients that do only 1 to E−1 local epochs (drawn "
+                               "anew each round; FedProx uses their partial work, FedAvg drops them)", label="strag")
+    deadline: float = _field(0.0, "virtual seconds a round waits: a client does only the steps that fit (FedProx "
+                             "uses them, FedAvg drops the client); 0 = no deadline", label="deadline")
     tensorboard: bool = _field(False, "also write every round's numbers as TensorBoard event files under "
                                "RUN/tensorboard/ (the tensorboard extra)", semantic=False)
     sink: str = _field("", 'your own sink for round records, "package.module:Class" (docs: fedmpi/sinks.py)',
@@ -257,6 +269,7 @@ def validate(cfg: RunConfig) -> None:
         bad("client_momentum", f"must lie in [0, 1) (0 = plain SGD), got {cfg.client_momentum}")
     if not (math.isfinite(cfg.weight_decay) and 0 <= cfg.weight_decay <= MAX_WEIGHT_DECAY):
         bad("weight_decay", f"must be a finite number in [0, {MAX_WEIGHT_DECAY:g}] (0 = none), got {cfg.weight_decay}")
+    _validate_system(cfg, bad)
     if not 0 <= cfg.seed <= MAX_SEED:
         bad("seed", f"must lie in 0..{MAX_SEED} (2^63 - 1), got {cfg.seed}")
     if cfg.rounds < 0:
@@ -294,6 +307,22 @@ def validate(cfg: RunConfig) -> None:
         bad("stack_clients", f"must be >= 0 (0 = automatic, 1 = one client at a time), got {cfg.stack_clients}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         bad("device", f"choose auto, cpu, cuda or cuda:N, got '{cfg.device}'")
+
+
+def _validate_system(cfg: RunConfig, bad) -> None:
+    """The simulated clients' systems (fedmpi.system); a CSV of speeds is read, and checked, in set-up."""
+    if cfg.client_speed not in SPEED_MODELS and not cfg.client_speed.endswith(".csv"):
+        bad("client_speed", f"choose {', '.join(SPEED_MODELS)} or a .csv file of per-client speeds, "
+            f"got {cfg.client_speed!r}")
+    for name, low in (("speed_sigma", 0.0), ("step_seconds", None), ("bandwidth", None), ("latency", 0.0),
+                      ("deadline", 0.0)):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and (value >= low if low is not None else value > 0)):
+            bad(name, f"must be a finite number {'>= 0' if low is not None else '> 0'}, got {value}")
+    if not (math.isfinite(cfg.stragglers) and 0 <= cfg.stragglers < 1):
+        bad("stragglers", f"must lie in [0, 1) (the share of each round's clients that are slow), got {cfg.stragglers}")
+    if cfg.stragglers and cfg.epochs < 2:
+        bad("stragglers", f"a straggler does 1 to E−1 local epochs, so it needs epochs >= 2, got E = {cfg.epochs}")
 
 
 SERVER_STEPS = {"fedadam": "--server-optimizer adam", "fedyogi": "--server-optimizer yogi",

@@ -32,6 +32,7 @@ from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
 from fedmpi.runfolder import MARKER, RunFolder, announce
 from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
+from fedmpi.system import SystemModel
 from fedmpi.worker import Worker, load_shards
 
 TARGET_REACHED = -1  # broadcast command: the last evaluated weights reached cfg.target_accuracy
@@ -49,6 +50,7 @@ class Setup:
     resume: Checkpoint | None     # rank 0's: None to start at round 0 in an emptied run folder
     history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
     client_history: list[dict]    # rank 0's: the lines of client_accuracy.jsonl, when resuming
+    system: SystemModel           # the clients' simulated systems: each round's work and virtual time
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -94,12 +96,13 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
     algorithm = algorithms.build(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim,
                                  flat.num_params, flat.logical_order().numpy(), comm.is_server)
+    system = SystemModel(cfg, fed.sizes, flat.dim * flat.weights.element_size(), algorithm.partial_work)
     worker = None
     if comm.is_worker:
         begin("loading the shards")
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
         worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
-    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history)
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history, system)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -150,6 +153,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         started = time.perf_counter()
         round_ = step + 1 if step < cfg.rounds else None
         sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
+        plan = setup.system.plan(round_, sampled)
         if server and round_:
             algorithm.fill_broadcast(extra, sampled)
         bcast_seconds = comm.bcast(packet)
@@ -159,13 +163,13 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
             return _stopped(int(packet[command]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
         if worker:
-            worker.step(weights, extra, round_, sampled, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
+            worker.step(weights, extra, round_, sampled, plan, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
         # Read after training, so a request that came during this round stops the job after it.
         sums.add("requeue_requests", stops.exit_code == REQUEUE)
         sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)
         reduce_seconds = comm.reduce_sum(sums.buffer)  # (hi, lo) pairs
         if server:
-            server.end_step(step, sampled, sums, {
+            server.end_step(step, sampled, plan, sums, {
                 "seconds": round(time.perf_counter() - started, 6), "bcast": round(bcast_seconds, 6),
                 "reduce": round(reduce_seconds, 6), "train_sum": round(sums["train_seconds"], 6),
                 "eval_sum": round(sums["eval_seconds"], 6)})

@@ -69,8 +69,9 @@ def console_line(r: dict, total_rounds: int) -> str:
     width = len(str(total_rounds))
     parts = [f"round {r['round']:>{width}}/{total_rounds}"]
     if "clients" in r:
-        parts.append(f"clients {len(r['clients']):>3}")
-    if "train_loss" in r:
+        short = [f"{len(r[k])} {k.split('_')[0]}" for k in ("dropped_clients", "partial_clients") if r.get(k)]
+        parts.append(f"clients {len(r['clients']):>3}" + (f" ({', '.join(short)})" if short else ""))
+    if r.get("train_loss") is not None:  # None: every client was dropped (fedmpi.system)
         parts.append(f"train loss {r['train_loss']:.4f}")
     if "test_accuracy" in r:
         parts.append(f"test acc {100 * r['test_accuracy']:6.2f}%")

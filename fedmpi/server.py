@@ -27,6 +27,7 @@ from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
 from fedmpi.metrics import JsonLines, MetricsLog, write_json
 from fedmpi.sinks import open_sinks
+from fedmpi.system import RoundPlan
 
 
 class Server:
@@ -54,6 +55,7 @@ class Server:
         self.best_round: int | None = None
         self.best_accuracy = -1.0
         self.best_weights: np.ndarray | None = None
+        self.virtual_time = 0.0  # the simulated clock at the last round's end (fedmpi.system)
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
             self.history = [r for r in history if r["round"] < resume.round]
@@ -61,6 +63,8 @@ class Server:
             weights[:] = resume.weights
             self._load_state(resume.state)
             self._resume_best(resume)
+            self.virtual_time = next((r["virtual_time"] for r in [self.pending or {}, *reversed(self.history)]
+                                      if "virtual_time" in r), 0.0)
         sinks = open_sinks(run_dir, cfg, resume.round if resume else 0)
         self.log = MetricsLog(run_dir, cfg.rounds, self.history, sinks)
         kept = [r for r in client_history or [] if r["round"] < resume.round] if resume else []
@@ -71,7 +75,7 @@ class Server:
             JsonLines(run_dir / CLIENT_FILE, kept).close()
         self.started = time.perf_counter()
 
-    def end_step(self, step: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> None:
+    def end_step(self, step: int, sampled: np.ndarray, plan: RoundPlan, sums: RoundSums, timing: dict) -> None:
         record = self.pending or {"round": step}
         if sums["test_count"]:
             record["test_accuracy"] = sums["correct"] / sums["test_count"]
@@ -98,27 +102,34 @@ class Server:
                 return
         self._keep_if_best(record)
         if step < self.cfg.rounds:
-            self.pending = self._apply(step + 1, sampled, sums, timing)
+            self.pending = self._apply(step + 1, sampled, plan, sums, timing)
             if self.diverged:
                 return
             every = self.cfg.checkpoint_every
             if step + 1 == self.cfg.rounds or (every and (step + 1) % every == 0):
                 self.checkpoint(step + 1)
 
-    def _apply(self, round_: int, sampled: np.ndarray, sums: RoundSums, timing: dict) -> dict | None:
+    def _apply(self, round_: int, sampled: np.ndarray, plan: RoundPlan, sums: RoundSums, timing: dict) -> dict | None:
         """The server step of round_, or None when a non-finite update ends the run as diverged: a
-        client's (on_bad_update = "abort", or every client's non-finite) or the server's own."""
+        client's (on_bad_update = "abort", or every client's non-finite) or the server's own. A round
+        whose clients were all dropped (fedmpi.system) leaves the weights as they were."""
         skipped = [int(sampled[i]) for i in np.flatnonzero(sums.bad)]
         if skipped and (self.cfg.on_bad_update == "abort" or sums["n"] == 0):
             self.diverged = {"round": round_, "clients": skipped}
             return None
-        if not self.optimizer.step(self.weights, self.algorithm.aggregate(sums, round_, sampled)):
+        if sums["n"] and not self.optimizer.step(self.weights, self.algorithm.aggregate(sums, round_, sampled)):
             # the clients' updates were finite, the server's step is not: it diverged
             self.diverged = {"round": round_, "clients": [], "server": True}
             return None
         gains = self.algorithm.record(round_)
-        record = {"round": round_, "clients": sampled.tolist(), "train_loss": sums["n_loss"] / sums["n"],
-                  **gains, "seconds": timing["seconds"], "time": timing}
+        self.virtual_time += plan.seconds
+        record = {"round": round_, "clients": sampled.tolist(),
+                  "train_loss": sums["n_loss"] / sums["n"] if sums["n"] else None,
+                  **gains, "virtual_time": self.virtual_time, "seconds": timing["seconds"], "time": timing}
+        short = plan.steps < plan.full  # clients that did not do all of E epochs (fedmpi.system)
+        if short.any():
+            record["dropped_clients"] = sampled[plan.steps == 0].tolist()
+            record["partial_clients"] = sampled[short & (plan.steps > 0)].tolist()
         if skipped:
             record["skipped_clients"] = skipped
         return record
@@ -178,6 +189,7 @@ class Server:
             "final_test_accuracy": final.get("test_accuracy"),
             "best_test_accuracy": best.get("test_accuracy"),
             "best_round": best.get("round"),
+            "virtual_time": self.virtual_time,
             **({"final_client_accuracy": final["client_accuracy"]} if "client_accuracy" in final else {}),
             **({"diverged": self.diverged} if self.diverged else {}),
             "ranks": self.num_ranks,

@@ -27,6 +27,7 @@ from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
 from fedmpi.engine.inputs import inputs_for
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker, plan_evaluation
+from fedmpi.system import RoundPlan
 
 # The example orders of one stack (engine.Engine.train) are made for all E epochs at once; the paper's
 # settings need a few MB. Past this, E is beyond any useful value (E = 10^9 asked for 48 TB).
@@ -86,9 +87,10 @@ class Worker:
                                                     for _, k in self.evaluates}
 
     def step(self, weights: np.ndarray, extra: np.ndarray, round_: int | None, sampled: np.ndarray,
-             evaluate_now: bool, sums: RoundSums) -> None:
-        """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`;
-        `extra` is what the algorithm broadcast for the round (SCAFFOLD's control variates)."""
+             plan: RoundPlan, evaluate_now: bool, sums: RoundSums) -> None:
+        """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`, each
+        for the steps the round's plan gives it (none: it is dropped); `extra` is what the algorithm
+        broadcast for the round (SCAFFOLD's control variates)."""
         self.start.copy_(torch.from_numpy(weights))
         self.start64.copy_(self.start)
         if evaluate_now:
@@ -102,19 +104,23 @@ class Worker:
             self._evaluate_clients(sums)
             sums.add("eval_seconds", time.perf_counter() - t)
         t = time.perf_counter()
-        owners = assign_to_workers(sampled, self.fed.sizes[sampled], self.num_workers, self.fed.num_clients)
-        mine = {int(slot): int(sampled[slot]) for slot in np.flatnonzero(owners == self.index)}
+        training = np.flatnonzero(plan.steps > 0)  # slots
+        owners = assign_to_workers(sampled[training], self.fed.sizes[sampled[training]], self.num_workers,
+                                   self.fed.num_clients)
+        mine = {int(slot): int(sampled[slot]) for slot in training[owners == self.index]}
         data = {k: self.data(k) for k in mine.values()}
         slots = list(mine)
-        for stack in self.engine.stacks([len(data[mine[slot]][1]) for slot in slots], self.batch):
+        for stack in self.engine.stacks([len(data[mine[slot]][1]) for slot in slots], self.batch,
+                                        [plan.cap(slot) for slot in slots]):
             stack = [slots[i] for i in stack]
             weights, losses = self.engine.train(
                 self.start, [data[mine[slot]] for slot in stack],
                 [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
-                self.cfg.epochs, self.batch, self.cfg.client_lr(round_), self._correction(extra, stack))
+                self.cfg.epochs, self.batch, self.cfg.client_lr(round_), self._correction(extra, stack),
+                [plan.cap(slot) for slot in stack])
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
-                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_)
+                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_, int(plan.steps[slot]))
         sums.add("train_seconds", time.perf_counter() - t)
 
     def _correction(self, extra: np.ndarray, slots: list[int]) -> tuple[float, torch.Tensor | None] | None:
@@ -152,14 +158,13 @@ class Worker:
         return self.clients[k]
 
     def _add(self, k: int, slot: int, delta: torch.Tensor, loss: float, extra: np.ndarray,
-             sums: RoundSums, round_: int) -> None:
+             sums: RoundSums, round_: int, steps: int) -> None:
         """Client k's update Δ_k (float64) into the round's sums (as its algorithm says), or its 'bad
         update' flag (rank 0 then skips the client or ends the run as diverged: on_bad_update)."""
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
             sums.bad[slot] = 1.0
             return
         n = int(self.fed.sizes[k])
-        steps = self.cfg.epochs * -(-n // (self.batch or n))
         self.algorithm.contribute(ClientUpdate(k, slot, delta.cpu().numpy(), n, steps, self.cfg.client_lr(round_)),
                                   extra, sums)
         sums.add("n", n)

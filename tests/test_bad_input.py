@@ -417,8 +417,41 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("on_bad_update unknown", "--on-bad-update", "ignore", ["'on_bad_update'", "abort, skip"]),
     ("eval_clients = 1.5", "--eval-clients", "1.5", ["'eval_clients'", "[0, 1]", "1.5"]),
     ("eval_clients = nan", "--eval-clients", "nan", ["'eval_clients'", "[0, 1]", "nan"]),
+    ("client_speed unknown", "--client-speed", "fast", ["'client_speed'", "constant, lognormal", ".csv", "'fast'"]),
+    ("speed_sigma = nan", "--speed-sigma", "nan", ["'speed_sigma'", "finite", ">= 0", "nan"]),
+    ("speed_sigma = -1", "--speed-sigma", "-1", ["'speed_sigma'", ">= 0", "-1.0"]),
+    ("step_seconds = 0", "--step-seconds", "0", ["'step_seconds'", "> 0", "got 0"]),
+    ("bandwidth = inf", "--bandwidth", "inf", ["'bandwidth'", "finite", "inf"]),
+    ("latency = -0.1", "--latency", "-0.1", ["'latency'", ">= 0", "-0.1"]),
+    ("deadline = -5", "--deadline", "-5", ["'deadline'", ">= 0", "-5.0"]),
+    ("stragglers = 1 (no client completes)", "--stragglers", "1", ["'stragglers'", "[0, 1)", "1.0"]),
+    ("stragglers with E = 1", "--stragglers", "0.5", ["'stragglers'", "epochs >= 2", "E = 1"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
+
+
+# --- the clients' simulated systems (fedmpi/system.py): a CSV of per-client speeds ----------------
+
+for _name, _text, _expect in [
+    ("speeds CSV without a speed column", "client,rate\n0,1\n", ["header", "client and speed", "'rate'"]),
+    ("speeds CSV with a negative speed", "client,speed\n0,1\n1,-2\n", ["line 3", "speed", "> 0", "'-2'"]),
+    ("speeds CSV with a NaN latency", "client,speed,latency\n0,1,nan\n", ["line 2", "latency", ">= 0", "'nan'"]),
+    ("speeds CSV with a client beyond K", "client,speed\n10,1\n", ["line 2", "client 10", "0..9"]),
+    ("speeds CSV lists a client twice", "client,speed\n0,1\n0,2\n", ["line 3", "client 0", "twice"]),
+    ("speeds CSV leaves clients out", "client,speed\n0,1\n1,2\n", ["8 client(s)", "no row", "first 2"]),
+    ("speeds CSV not UTF-8", "client,speed\n0,\udcff\n", ["cannot read", "CSV"]),
+]:
+    def _speeds_case(c, text=_text, expect=_expect):
+        path = c.tmp / "speeds.csv"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        return Case(["--data", str(c.fed), "--client-speed", str(path)], ["'client_speed'", "speeds.csv", *expect])
+    case(_name)(_speeds_case)
+
+
+@case("speeds CSV missing")
+def _(c):
+    return Case(["--data", str(c.fed), "--client-speed", str(c.tmp / "none.csv")],
+                ["'client_speed'", "none.csv", "not found"])
 
 
 # --- federated evaluation (eval_clients, data_prep --client-test-fraction) -------------------------

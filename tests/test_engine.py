@@ -206,15 +206,15 @@ def test_500_rounds_of_unbalanced_clients_need_a_few_graph_shapes(fed):
 
 
 def test_cuda_graphs_are_keyed_by_every_number_they_bake_in():
-    """A graph replays the η, μ, momentum and weight decay it was captured with, so each is in its key
+    """A graph replays the η, μ, momentum, weight decay and limit it was captured with, so each is in its key
     (shown with the capture replaced: this runs without a GPU); the offsets are inputs, copied in."""
     from fedmpi.engine import Rule
     from fedmpi.engine.stacked import GraphedTraining
 
     graphed, captured = GraphedTraining(None), []
 
-    def capture(inputs, batch, lr, rule):
-        captured.append((lr, rule and rule._replace(offset=None)))
+    def capture(inputs, batch, lr, rule, limit):
+        captured.append((lr, rule and rule._replace(offset=None), limit))
         return SimpleNamespace(replay=lambda: None), [None if t is None else t.clone() for t in inputs], \
             torch.zeros(2)
 
@@ -226,4 +226,5 @@ def test_cuda_graphs_are_keyed_by_every_number_they_bake_in():
     for rule in rules + [Rule(4, 0.1, offset + 1)] + rules:  # other offsets, then all again: no new capture
         graphed(rows, rows, rows, orders, None, None, 3, 0.1, rule)
     graphed(rows, rows, rows, orders, None, None, 3, 0.05, rules[1])
-    assert len(captured) == len(rules) + 1 == len(set(captured))
+    graphed(rows, rows, rows, orders, None, None, 3, 0.05, rules[1], 2)  # a partial client's limit on steps
+    assert len(captured) == len(rules) + 2 == len(set(captured))

@@ -49,7 +49,7 @@ class ClientUpdate:
     slot: int            # its place among the round's sampled clients, 0..m-1
     delta: np.ndarray    # Δ_k = w_k − w_t, float64, all dim values (parameters first); yours to change
     examples: int        # n_k
-    steps: int           # the local SGD steps it took: E·⌈n_k/B⌉
+    steps: int           # the local SGD steps it took: E·⌈n_k/B⌉, fewer for partial work (fedmpi/system.py)
     lr: float            # the clients' η of the round
 
 
@@ -72,6 +72,9 @@ class Algorithm:
     # Whether DP-FedAvg (algorithms/privacy.py) may wrap it: its clients contribute FedAvg's way (DP then
     # clips Δ_k and weighs every client alike) and nothing it keeps depends on a single client's update.
     dp_compatible = True
+    # Whether a client that did fewer local steps than E epochs (a straggler, or cut by the deadline:
+    # fedmpi/system.py) still contributes its update (FedProx), or is dropped (FedAvg's default).
+    partial_work = False
 
     def __init__(self, run: RunInfo, args=None):
         self.run, self.args = run, args

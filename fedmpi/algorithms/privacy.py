@@ -130,6 +130,7 @@ class Private(Algorithm):
         self.scalars = inner.scalars
         self.broadcast_extra, self.reduction_extra = inner.broadcast_extra, inner.reduction_extra
         self.corrects_gradients = inner.corrects_gradients
+        self.partial_work = inner.partial_work
 
     def fill_broadcast(self, extra, sampled):
         self.inner.fill_broadcast(extra, sampled)

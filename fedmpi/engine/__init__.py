@@ -62,7 +62,7 @@ class Rule(NamedTuple):
 
 def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor,
               mask: torch.Tensor | None, draws: torch.Tensor | None, batch: int, lr: float, prepare,
-              rule: Rule | None = None) -> torch.Tensor:
+              rule: Rule | None = None, limit: int | None = None) -> torch.Tensor:
     """E epochs of minibatch SGD for each of the G clients whose weights are the rows of `rows` (in place).
 
     x, y: the clients' examples (G, n, ...); orders (G, E, s): each client's order of its examples in
@@ -75,8 +75,10 @@ def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders
     move the weights itself (the fused steps), the corrections subtracted after it, so FedAvg,
     FedProx and SCAFFOLD compute as they did before momentum existed, bit for bit; with momentum or
     weight decay the step adds ∇f into the clients' momentum buffers instead (step.begin's third
-    argument), and Momentum applies them. Returns each client's summed batch losses (G,) on the
-    device. Capturable in a CUDA graph: no host synchronisation, every shape fixed by the inputs.
+    argument), and Momentum applies them. `limit`: the stack's first that many steps only (a client's
+    partial work, fedmpi.system; a masked stack stops its clients by the mask instead). Returns each
+    client's summed batch losses (G,) on the device. Capturable in a CUDA graph: no host
+    synchronisation, every shape fixed by the inputs.
     """
     g, epochs, span = orders.shape
     b = span if batch == 0 else batch
@@ -90,23 +92,22 @@ def local_sgd(step, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, orders
         params = rows[:, :rule.p]
         anchor = params.clone() if rule.mu else None
     step.begin(rows, lr, momentum and momentum.buffers)
-    for e in range(epochs):
-        for i in range(0, span, b):
-            rows_mask = None if mask is None else mask[:, e, i:i + b]
-            if rule:
-                active = None if rows_mask is None else rows_mask.any(1, keepdim=True)  # has an example here
-                d = _corrections(rule, params, anchor, active)
+    for e, i in [(e, i) for e in range(epochs) for i in range(0, span, b)][:limit]:
+        rows_mask = None if mask is None else mask[:, e, i:i + b]
+        if rule:
+            active = None if rows_mask is None else rows_mask.any(1, keepdim=True)  # has an example here
+            d = _corrections(rule, params, anchor, active)
+            if momentum:
+                momentum.before(params, d, active)
+        idx = orders[:, e, i:i + b]
+        batch_draws = None if draws is None else draws[clients, e, idx]
+        total += step(prepare(x[clients, idx], batch_draws), y[clients, idx], rows_mask)  # v += ∇f, or a step
+        if rule:
+            with torch.no_grad():
                 if momentum:
-                    momentum.before(params, d, active)
-            idx = orders[:, e, i:i + b]
-            batch_draws = None if draws is None else draws[clients, e, idx]
-            total += step(prepare(x[clients, idx], batch_draws), y[clients, idx], rows_mask)  # v += ∇f, or a step
-            if rule:
-                with torch.no_grad():
-                    if momentum:
-                        momentum.after(params)
-                    else:
-                        params.sub_(d, alpha=lr)
+                    momentum.after(params)
+                else:
+                    params.sub_(d, alpha=lr)
     step.end(rows)
     if momentum:
         given.copy_(rows)
@@ -225,8 +226,8 @@ class Engine:
             raise FedMPIError(f"config field 'model': the model cannot take this federation's examples "
                               f"({tuple(x.shape[1:])}, {x.dtype} as stored): {why}"[:400])
 
-    def _local_sgd(self, rows, x, y, orders, mask, draws, batch, lr, rule=None):
-        return local_sgd(self.step, rows, x, y, orders, mask, draws, batch, lr, self.prepare, rule)
+    def _local_sgd(self, rows, x, y, orders, mask, draws, batch, lr, rule=None, limit=None):
+        return local_sgd(self.step, rows, x, y, orders, mask, draws, batch, lr, self.prepare, rule, limit)
 
     def _rule(self, correction: tuple[float, torch.Tensor | None] | None, g: int) -> Rule | None:
         """The Rule of a stack of G rows from the algorithm's correction (μ, offsets or None) and the
@@ -257,21 +258,26 @@ class Engine:
             how += f" (this model cannot be stacked: {self.why_alone})"
         return how
 
-    def stacks(self, sizes: list[int], batch: int) -> list[list[int]]:
+    def stacks(self, sizes: list[int], batch: int, steps: list[int | None] | None = None) -> list[list[int]]:
         """The positions of clients with these sizes grouped into stacks of at most `limit`: of any sizes,
-        smallest first (masked steps), or, for B = ∞ or models with buffers, of equal sizes."""
+        smallest first (masked steps), or, for B = ∞ or models with buffers, of equal sizes and equal
+        `steps` (each client's most local steps, None: E epochs; see `train`)."""
         if self.limit > 1 and self.masked and batch:
             order = sorted(range(len(sizes)), key=lambda i: sizes[i])
             return [order[i:i + self.limit] for i in range(0, len(order), self.limit)]
-        by_size: dict[int, list[int]] = {}
+        alike: dict[tuple, list[int]] = {}
         for i, n in enumerate(sizes):
-            by_size.setdefault(n, []).append(i)
-        return [same[i:i + self.limit] for same in by_size.values() for i in range(0, len(same), self.limit)]
+            alike.setdefault((n, steps and steps[i]), []).append(i)
+        return [same[i:i + self.limit] for same in alike.values() for i in range(0, len(same), self.limit)]
 
     def train(self, start: torch.Tensor, data: list[tuple[torch.Tensor, torch.Tensor]],
               generators: list[torch.Generator], epochs: int, batch: int, lr: float,
-              correction: tuple[float, torch.Tensor | None] | None = None):
+              correction: tuple[float, torch.Tensor | None] | None = None, steps: list[int | None] | None = None):
         """E epochs of minibatch SGD from `start` for each client of one stack (see `stacks`).
+
+        `steps`: each client's most local steps (its partial work, fedmpi.system; None: all of E
+        epochs'), its first that many in the order of E whole epochs; masked stacks stop a client by
+        its mask, the others hold clients of equal steps and stop early.
 
         `correction`: (μ, the clients' gradient offsets as rows, or None), see Rule; the engine adds its
         momentum and weight decay. A stacked step of a model without buffers always pads a client's
@@ -284,6 +290,9 @@ class Engine:
         global generator, seeded from that generator next.
         """
         sizes, device = [len(y) for _, y in data], start.device
+        per_epoch = [-(-size // (batch or size)) for size in sizes]
+        steps = [epochs * s if not steps or steps[i] is None else min(steps[i], epochs * s)
+                 for i, s in enumerate(per_epoch)]
         g, n, span = self.shape(sizes, batch)
         padded = self._masked(batch)
         orders = torch.zeros(g, epochs, span, dtype=torch.int64)
@@ -291,8 +300,9 @@ class Engine:
         for row, (gen, size) in enumerate(zip(generators, sizes)):  # rows past len(data): no examples
             for e in range(epochs):
                 orders[row, e, :size] = torch.randperm(size, generator=gen)
-            if padded:
-                mask[row, :, :size] = True
+                if padded:  # the epoch's steps within the client's `steps`, B examples each
+                    mask[row, e, :min(size, max(steps[row] - e * per_epoch[row], 0) * batch)] = True
+        limit = None if padded or steps[0] == epochs * per_epoch[0] else steps[0]  # alike in the stack
         orders, mask = orders.to(device), None if mask is None else mask.to(device)
         draws = [self.prepare.draw(gen, epochs, size) for gen, size in zip(generators, sizes)]  # after the orders
         draws = None if draws[0] is None else torch.stack([_pad(d, n, 1) for d in _fill(draws, g)]).to(device)
@@ -304,16 +314,15 @@ class Engine:
         rule = self._rule(correction, g)
         if self.graphed:
             try:
-                total = self.graphed(rows, x, y, orders, mask, draws, batch, lr, rule)
+                total = self.graphed(rows, x, y, orders, mask, draws, batch, lr, rule, limit)
             except RuntimeError as e:  # a capture that fails: eager from now on, said once
                 print(f"fedmpi: warning: CUDA graph capture failed ({str(e).splitlines()[0]}); "
                       "training stacks without graphs", flush=True)
                 self.graphed = None
                 rows = start.repeat(g, 1)
         if not self.graphed:
-            total = self._local_sgd(rows, x, y, orders, mask, draws, batch, lr, rule)
-        return rows[:len(data)], [float(t) / (epochs * -(-size // (batch or size)))
-                                  for t, size in zip(total.cpu(), sizes)]
+            total = self._local_sgd(rows, x, y, orders, mask, draws, batch, lr, rule, limit)
+        return rows[:len(data)], [float(t) / s for t, s in zip(total.cpu(), steps)]
 
     def shape(self, sizes: list[int], batch: int) -> tuple[int, int, int]:
         """(G, n, s) of the stack of clients with these sizes: its rows, examples per row and positions

@@ -72,9 +72,9 @@ MAX_GRAPHS = 64
 
 
 class GraphedTraining:
-    """Runs `train(rows, x, y, orders, mask, draws, batch, lr, rule)` from a CUDA graph captured once
-    per shape of its inputs and value of the numbers it bakes in (batch, η, and the rule's μ, momentum
-    and weight decay: engine.Rule).
+    """Runs `train(rows, x, y, orders, mask, draws, batch, lr, rule, limit)` from a CUDA graph captured
+    once per shape of its inputs and value of the numbers it bakes in (batch, η, the rule's μ, momentum
+    and weight decay: engine.Rule, and the limit on steps).
 
     The inputs (the rule's offsets among them) are copied into the graph's static tensors before each
     replay and the trained rows copied out after it; a capture that fails turns graphs off for good
@@ -86,14 +86,14 @@ class GraphedTraining:
         # each with its own memory pool: they replay in any order; the least recently used goes first
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
 
-    def __call__(self, rows, x, y, orders, mask, draws, batch, lr, rule=None):
+    def __call__(self, rows, x, y, orders, mask, draws, batch, lr, rule=None, limit=None):
         inputs = (rows, x, y, orders, mask, draws, rule and rule.offset)
         key = (*(None if t is None else tuple(t.shape) for t in inputs), batch, lr,
-               rule and rule._replace(offset=None))
+               rule and rule._replace(offset=None), limit)
         if key not in self.graphs:
             if len(self.graphs) == MAX_GRAPHS:
                 self.graphs.popitem(last=False)
-            self.graphs[key] = self._capture(inputs, batch, lr, rule)
+            self.graphs[key] = self._capture(inputs, batch, lr, rule, limit)
         self.graphs.move_to_end(key)
         graph, static, losses = self.graphs[key]
         for s, v in zip(static, inputs):
@@ -103,7 +103,7 @@ class GraphedTraining:
         rows.copy_(static[0])
         return losses.clone()
 
-    def _capture(self, inputs, batch, lr, rule):
+    def _capture(self, inputs, batch, lr, rule, limit):
         static = [None if t is None else t.clone() for t in inputs]
         rows, x, y, orders, mask, draws, offset = static
         rule = rule and rule._replace(offset=offset)
@@ -116,5 +116,5 @@ class GraphedTraining:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            losses = self.train(rows, x, y, orders, mask, draws, batch, lr, rule)
+            losses = self.train(rows, x, y, orders, mask, draws, batch, lr, rule, limit)
         return graph, static, losses

@@ -1,0 +1,144 @@
+"""The simulated clients' systems (compute speed, network) and the virtual clock of synchronous rounds.
+
+Real federations differ in speed, and a round waits for its slowest client;
+fedmpi's own wall-clock time says nothing about that. So each client gets a
+simulated system, seeded and the same on every rank:
+
+    duration_k = steps_k · step_seconds / speed_k + model_bytes / bandwidth_k + latency_k
+
+(one upload of the model's values; the broadcast is not counted). A
+synchronous round lasts until its slowest sampled client has done its work,
+or until the deadline when the deadline cut a client short; `virtual_time`
+in the round records adds them up.
+
+A client's work is its E epochs, fewer for a straggler (`stragglers` F: that
+share of each round's clients does 1 to E−1 epochs, as in the FedProx
+paper's systems heterogeneity), and no more steps than fit before the
+`deadline`. An algorithm that uses partial work (`Algorithm.partial_work`,
+FedProx) trains those clients for the steps they did; the others (FedAvg)
+drop them. A client with no step done is dropped by every algorithm.
+
+Randomness (fedmpi.fedavg's contract): lognormal speeds exp(σ·z_k) with z
+standard normal from SeedSequence([5, seed]), one per client; the
+stragglers of round t from SeedSequence([4, seed, t]): numpy's
+default_rng(...).choice(m, m − round(m·(1 − F)), replace=False) of the
+round's slots (its sampled clients in increasing id), then
+.integers(1, E, size=that many) epochs for them, in that order.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmpi.errors import FedMPIError
+
+STRAGGLERS, SPEEDS = 4, 5  # fedmpi.fedavg's SeedSequence streams 0-3, then these
+MB = 1e6  # bandwidth is in MB/s
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who of a round's sampled clients trains how many local steps, and how long the round lasts."""
+
+    steps: np.ndarray   # (m,) the local steps each sampled client trains; 0: it is dropped
+    full: np.ndarray    # (m,) the steps of E whole epochs
+    seconds: float      # the round's length on the virtual clock
+
+    def cap(self, slot: int) -> int | None:
+        """The most steps the client in `slot` takes (the engine's `steps`), None for all of its E epochs."""
+        return None if self.steps[slot] == self.full[slot] else int(self.steps[slot])
+
+
+class SystemModel:
+    """Every client's speed, bandwidth and latency, and each round's plan (`plan`)."""
+
+    def __init__(self, cfg, sizes: np.ndarray, model_bytes: int, partial_work: bool):
+        """`sizes`: the clients' numbers of examples; `model_bytes`: one upload of the model's values;
+        `partial_work`: whether the algorithm uses a client's partial work (else drops such clients)."""
+        self.cfg, self.sizes, self.partial_work = cfg, sizes, partial_work
+        k = len(sizes)
+        self.speed, self.bandwidth, self.latency = speeds(cfg, k)
+        self.upload = model_bytes / (self.bandwidth * MB) + self.latency  # (K,) or a number: seconds
+        batch = cfg.batch_size
+        self.per_epoch = np.where((batch == 0) | (sizes <= batch), 1, -(-sizes // max(batch, 1)))
+
+    def plan(self, round_: int | None, sampled: np.ndarray) -> RoundPlan:
+        """Round t's plan for its sampled clients (sorted ids); an empty one for the last step (None)."""
+        if round_ is None:
+            return RoundPlan(np.zeros(0, np.int64), np.zeros(0, np.int64), 0.0)
+        cfg = self.cfg
+        per_epoch = self.per_epoch[sampled]
+        full = cfg.epochs * per_epoch
+        work = full.copy()
+        if cfg.stragglers:
+            rng = np.random.default_rng(np.random.SeedSequence([STRAGGLERS, cfg.seed, round_]))
+            m = len(sampled)
+            slow = rng.choice(m, m - int(round(m * (1 - cfg.stragglers))), replace=False)
+            work[slow] = rng.integers(1, cfg.epochs, size=len(slow)) * per_epoch[slow]
+        speed, upload = self._of(self.speed, sampled), self._of(self.upload, sampled)
+        cut = np.zeros(len(sampled), dtype=bool)
+        if cfg.deadline:
+            fit = np.floor(np.maximum(cfg.deadline - upload, 0.0) * speed / cfg.step_seconds).astype(np.int64)
+            cut = fit < work
+            work = np.minimum(work, fit)
+        steps = np.where((work == full) | (self.partial_work & (work > 0)), work, 0)
+        seconds = float(cfg.deadline) if cut.any() else float(np.max(work * cfg.step_seconds / speed + upload))
+        return RoundPlan(steps, full, seconds)
+
+    @staticmethod
+    def _of(values, sampled: np.ndarray) -> np.ndarray:
+        return values[sampled] if isinstance(values, np.ndarray) else np.full(len(sampled), float(values))
+
+
+def speeds(cfg, num_clients: int):
+    """(speed, bandwidth in MB/s, latency in s) of the K clients: each an array (K,) or one number for all."""
+    if cfg.client_speed == "constant":
+        return 1.0, cfg.bandwidth, cfg.latency
+    if cfg.client_speed == "lognormal":
+        z = np.random.default_rng(np.random.SeedSequence([SPEEDS, cfg.seed])).standard_normal(num_clients)
+        return np.exp(cfg.speed_sigma * z), cfg.bandwidth, cfg.latency
+    return read_speeds(cfg.client_speed, num_clients, cfg.bandwidth, cfg.latency)
+
+
+def read_speeds(path: str, num_clients: int, bandwidth: float, latency: float):
+    """A CSV file with a header: `client` and `speed`, optionally `bandwidth` (MB/s) and `latency` (s), one
+    row for each client 0..K−1 in any order; a missing column is the config's value for everyone."""
+    def bad(why):
+        raise FedMPIError(f"config field 'client_speed': {path}: {why}")
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            columns = rows[0].keys() if rows else []
+    except FileNotFoundError:
+        bad("not found (give constant, lognormal, or a CSV file of per-client speeds)")
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        bad(f"cannot read it as CSV text: {e}")
+    if "client" not in columns or "speed" not in columns:
+        bad(f"needs a header with the columns client and speed (optional: bandwidth, latency), got {list(columns)}")
+    values = {name: np.full(num_clients, np.nan) for name in ("speed", "bandwidth", "latency") if name in columns}
+    for line, row in enumerate(rows, start=2):
+        try:
+            k = int(row["client"])
+        except (TypeError, ValueError):
+            bad(f"line {line}: client must be an integer id, got {row['client']!r}")
+        if not 0 <= k < num_clients:
+            bad(f"line {line}: client {k} is not one of the federation's 0..{num_clients - 1}")
+        if not math.isnan(values["speed"][k]):
+            bad(f"line {line}: client {k} is listed twice")
+        for name, column in values.items():
+            try:
+                column[k] = float(row[name])
+            except (TypeError, ValueError):
+                column[k] = math.nan
+            low_ok = column[k] >= 0 if name == "latency" else column[k] > 0
+            if not (math.isfinite(column[k]) and low_ok):
+                bad(f"line {line}: {name} must be a finite number {'>= 0' if name == 'latency' else '> 0'}, "
+                    f"got {row[name]!r}")
+    missing = np.flatnonzero(np.isnan(values["speed"]))
+    if len(missing):
+        bad(f"{len(missing)} client(s) have no row, the first {int(missing[0])}; list all {num_clients}")
+    return values["speed"], values.get("bandwidth", bandwidth), values.get("latency", latency)
