@@ -20,7 +20,9 @@ from fedmpi.errors import FedMPIError
 
 BAD_UPDATE_POLICIES = ("abort", "skip")
 PRECISIONS = ("float32", "float64")
-SPEED_MODELS = ("constant", "lognormal")  # client_speed's built-ins, besides a CSV file (fedmpi/system.py)
+SPEED_MODELS = ("constant", "lognormal")
+EXECUTIONS = ("sync", "async")
+STALENESS = ("sqrt", "none")  # client_speed's built-ins, besides a CSV file (fedmpi/system.py)
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence refuses negative seeds; TOML integers are 64-bit signed
 MAX_THREADS = 4096
 MAX_LR = 1e6  # beyond any learning rate that trains; far below float32's overflow at 3.4e38
@@ -119,6 +121,14 @@ class RunConfig:
                                "anew each round; FedProx uses their partial work, FedAvg drops them)", label="strag")
     deadline: float = _field(0.0, "virtual seconds a round waits: a client does only the steps that fit (FedProx "
                              "uses them, FedAvg drops the client); 0 = no deadline", label="deadline")
+    execution: str = _field("sync", "sync (rounds of C·K clients) | async (FedBuff: concurrency clients train at "
+                            "once, every buffer_size finished updates make one server update, a round; "
+                            "fedmpi/schedule.py)", label="", table="setting")
+    concurrency: int = _field(10, "async: clients training at any moment", label="conc", table="setting")
+    buffer_size: int = _field(10, "async: client updates per server update (1 = FedAsync)", label="buf",
+                              table="setting")
+    staleness: str = _field("sqrt", "async: an update τ server updates stale is weighted 1/√(1 + τ) (sqrt, "
+                            "FedBuff's) or 1 (none)")
     tensorboard: bool = _field(False, "also write every round's numbers as TensorBoard event files under "
                                "RUN/tensorboard/ (the tensorboard extra)", semantic=False)
     sink: str = _field("", 'your own sink for round records, "package.module:Class" (docs: fedmpi/sinks.py)',
@@ -132,7 +142,9 @@ class RunConfig:
         return self.lr * self.lr_decay ** (round_ - 1)
 
     def clients_per_round(self, num_clients: int) -> int:
-        """m = max(round(C·K), 1), the paper's number of clients per round."""
+        """m = max(round(C·K), 1), the paper's number of clients per round; async: the buffer's size."""
+        if self.execution == "async":
+            return self.buffer_size
         return max(int(round(self.fraction * num_clients)), 1)
 
     def clients_to_evaluate(self, num_clients: int) -> int:
@@ -323,6 +335,19 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         bad("stragglers", f"must lie in [0, 1) (the share of each round's clients that are slow), got {cfg.stragglers}")
     if cfg.stragglers and cfg.epochs < 2:
         bad("stragglers", f"a straggler does 1 to E−1 local epochs, so it needs epochs >= 2, got E = {cfg.epochs}")
+    if cfg.execution not in EXECUTIONS:
+        bad("execution", f"choose one of {', '.join(EXECUTIONS)}, got {cfg.execution!r}")
+    if cfg.staleness not in STALENESS:
+        bad("staleness", f"choose one of {', '.join(STALENESS)}, got {cfg.staleness!r}")
+    if cfg.execution == "async":
+        if cfg.concurrency < 1:
+            bad("concurrency", f"must be >= 1 (clients training at once), got {cfg.concurrency}")
+        if not 1 <= cfg.buffer_size <= cfg.concurrency:
+            bad("buffer_size", f"must lie in 1..concurrency ({cfg.concurrency}): a buffer fills with updates of "
+                f"clients that trained at once, got {cfg.buffer_size}")
+        for name in ("stragglers", "deadline", "dp_clip"):
+            if getattr(cfg, name):
+                bad(name, "is for synchronous rounds; asynchronous execution (execution = async) does not take it")
 
 
 SERVER_STEPS = {"fedadam": "--server-optimizer adam", "fedyogi": "--server-optimizer yogi",

@@ -6,7 +6,8 @@ from SeedSequence([0, seed, t]); client k's shuffling in round t from
 SeedSequence([1, seed, t, k]); DP's noise of round t from SeedSequence([2,
 seed, t]) (fedmpi.algorithms.privacy); the clients of federated evaluation,
 once for the run, from SeedSequence([3, seed]); the simulated systems' from
-streams 4 and 5 (fedmpi.system). Nothing else is random after model init.
+streams 4 and 5 (fedmpi.system), asynchronous execution's from stream 6
+(fedmpi.schedule). Nothing else is random after model init.
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
 from fedmpi.runfolder import MARKER, RunFolder, announce
 from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
+from fedmpi.schedule import AsyncSchedule, VersionStore
 from fedmpi.system import SystemModel
 from fedmpi.worker import Worker, load_shards
 
@@ -51,6 +52,7 @@ class Setup:
     history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
     client_history: list[dict]    # rank 0's: the lines of client_accuracy.jsonl, when resuming
     system: SystemModel           # the clients' simulated systems: each round's work and virtual time
+    schedule: AsyncSchedule | None  # asynchronous execution's server updates; None: synchronous rounds
 
 
 def choose_device(requested: str, comm: Comm) -> torch.device:
@@ -97,12 +99,14 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     algorithm = algorithms.build(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim,
                                  flat.num_params, flat.logical_order().numpy(), comm.is_server)
     system = SystemModel(cfg, fed.sizes, flat.dim * flat.weights.element_size(), algorithm.partial_work)
+    schedule = AsyncSchedule(cfg, system, fed.num_clients) if cfg.execution == "async" else None
     worker = None
     if comm.is_worker:
         begin("loading the shards")
         shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
         worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
-    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history, system)
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history, system,
+                 schedule)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -125,6 +129,10 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars, len(evaluated))
     start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
+    store = None  # asynchronous: the model versions that clients still train from, on every rank
+    if setup.schedule:
+        store = comm.world.bcast(VersionStore.from_state(setup.resume.state if setup.resume else {})
+                                 if comm.is_server else None, root=0)
     server = None
     if comm.is_server:
         announce(setup.folder.fd, setup.folder.path / MARKER)
@@ -134,7 +142,8 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
-                        setup.resume, setup.history, algorithm, flat.signature(), evaluated, setup.client_history)
+                        setup.resume, setup.history, algorithm, flat.signature(), evaluated, setup.client_history,
+                        store)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
         print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "
@@ -152,8 +161,11 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     for step in range(start, cfg.rounds + 1):
         started = time.perf_counter()
         round_ = step + 1 if step < cfg.rounds else None
-        sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
-        plan = setup.system.plan(round_, sampled)
+        if setup.schedule:
+            sampled, plan = setup.schedule.plan(round_)
+        else:
+            sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
+            plan = setup.system.plan(round_, sampled)
         if server and round_:
             algorithm.fill_broadcast(extra, sampled)
         bcast_seconds = comm.bcast(packet)
@@ -162,8 +174,11 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         if packet[command]:
             return _stopped(int(packet[command]), server, setup.run_dir, step)
         sums.buffer.fill(0.0)
+        if store is not None and round_:
+            store.keep(step, weights, setup.schedule.needed(step))
         if worker:
-            worker.step(weights, extra, round_, sampled, plan, step % cfg.eval_every == 0 or step == cfg.rounds, sums)
+            worker.step(weights, extra, round_, sampled, plan, step % cfg.eval_every == 0 or step == cfg.rounds, sums,
+                        store and store.versions)
         # Read after training, so a request that came during this round stops the job after it.
         sums.add("requeue_requests", stops.exit_code == REQUEUE)
         sums.add("interrupt_requests", stops.exit_code == INTERRUPTED)

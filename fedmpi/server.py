@@ -27,6 +27,7 @@ from fedmpi.fedavg import RoundSums
 from fedmpi.files import write_atomically
 from fedmpi.metrics import JsonLines, MetricsLog, write_json
 from fedmpi.sinks import open_sinks
+from fedmpi.schedule import VersionStore
 from fedmpi.system import RoundPlan
 
 
@@ -34,9 +35,11 @@ class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
                  num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict],
                  algorithm: Algorithm, model_signature: list, evaluated: np.ndarray | None = None,
-                 client_history: list[dict] | None = None):
+                 client_history: list[dict] | None = None, versions: VersionStore | None = None):
         """`evaluated`: the clients of federated evaluation (fedavg.plan_evaluation; empty or None: off);
-        `client_history`: the lines of client_accuracy.jsonl when resuming."""
+        `client_history`: the lines of client_accuracy.jsonl when resuming; `versions`: asynchronous
+        execution's model versions that clients still train from, which checkpoints keep."""
+        self.versions = versions
         self.cfg = cfg
         self.model_signature = model_signature  # engine.FlatModel.signature(), kept in checkpoints
         self.algorithm = algorithm
@@ -126,6 +129,8 @@ class Server:
         record = {"round": round_, "clients": sampled.tolist(),
                   "train_loss": sums["n_loss"] / sums["n"] if sums["n"] else None,
                   **gains, "virtual_time": self.virtual_time, "seconds": timing["seconds"], "time": timing}
+        if plan.versions is not None:  # asynchronous: server updates since each client started
+            record["staleness"] = (round_ - 1 - plan.versions).tolist()
         short = plan.steps < plan.full  # clients that did not do all of E epochs (fedmpi.system)
         if short.any():
             record["dropped_clients"] = sampled[plan.steps == 0].tolist()
@@ -206,12 +211,13 @@ class Server:
 
     def _state(self) -> dict[str, np.ndarray]:
         """The server optimizer's state and the algorithm's, for the checkpoint."""
-        return {**{f"server_{name}": value for name, value in self.optimizer.state.items()}, **self.algorithm.state()}
+        return {**{f"server_{name}": value for name, value in self.optimizer.state.items()}, **self.algorithm.state(),
+                **(self.versions.state() if self.versions else {})}
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         for name in self.optimizer.state:
             self.optimizer.state[name][:] = state[f"server_{name}"]
-        self.algorithm.load_state({k: v for k, v in state.items() if not k.startswith("server_")})
+        self.algorithm.load_state({k: v for k, v in state.items() if not k.startswith(("server_", "async_"))})
 
     def stop(self) -> None:
         self.log.close()

@@ -46,6 +46,10 @@ class RoundPlan:
     steps: np.ndarray   # (m,) the local steps each sampled client trains; 0: it is dropped
     full: np.ndarray    # (m,) the steps of E whole epochs
     seconds: float      # the round's length on the virtual clock
+    # asynchronous execution (fedmpi.schedule): each client's start version and start number; None: a
+    # synchronous round, whose clients all start from the broadcast weights and shuffle by the round
+    versions: np.ndarray | None = None
+    starts: np.ndarray | None = None
 
     def cap(self, slot: int) -> int | None:
         """The most steps the client in `slot` takes (the engine's `steps`), None for all of its E epochs."""
@@ -88,8 +92,13 @@ class SystemModel:
         seconds = float(cfg.deadline) if cut.any() else float(np.max(work * cfg.step_seconds / speed + upload))
         return RoundPlan(steps, full, seconds)
 
+    def duration(self, k: int) -> float:
+        """Client k's virtual seconds for its E epochs and upload."""
+        return float(self.cfg.epochs * self.per_epoch[k] * self.cfg.step_seconds / self._of(self.speed, [k])[0]
+                     + self._of(self.upload, [k])[0])
+
     @staticmethod
-    def _of(values, sampled: np.ndarray) -> np.ndarray:
+    def _of(values, sampled) -> np.ndarray:
         return values[sampled] if isinstance(values, np.ndarray) else np.full(len(sampled), float(values))
 
 

@@ -27,6 +27,7 @@ from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
 from fedmpi.engine.inputs import inputs_for
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker, plan_evaluation
+from fedmpi.schedule import discount
 from fedmpi.system import RoundPlan
 
 # The example orders of one stack (engine.Engine.train) are made for all E epochs at once; the paper's
@@ -87,10 +88,12 @@ class Worker:
                                                     for _, k in self.evaluates}
 
     def step(self, weights: np.ndarray, extra: np.ndarray, round_: int | None, sampled: np.ndarray,
-             plan: RoundPlan, evaluate_now: bool, sums: RoundSums) -> None:
+             plan: RoundPlan, evaluate_now: bool, sums: RoundSums,
+             versions: dict[int, np.ndarray] | None = None) -> None:
         """Evaluate the broadcast weights (if due) and train this rank's sampled clients into `sums`, each
         for the steps the round's plan gives it (none: it is dropped); `extra` is what the algorithm
-        broadcast for the round (SCAFFOLD's control variates)."""
+        broadcast for the round (SCAFFOLD's control variates). Asynchronous: each client trains from the
+        model version it started from (`versions`, by the plan's `versions`)."""
         self.start.copy_(torch.from_numpy(weights))
         self.start64.copy_(self.start)
         if evaluate_now:
@@ -109,19 +112,31 @@ class Worker:
                                    self.fed.num_clients)
         mine = {int(slot): int(sampled[slot]) for slot in training[owners == self.index]}
         data = {k: self.data(k) for k in mine.values()}
-        slots = list(mine)
+        groups: dict[int | None, list[int]] = {}  # slots by start version (None: the broadcast weights)
+        for slot in mine:
+            groups.setdefault(None if plan.versions is None else int(plan.versions[slot]), []).append(slot)
+        for version, slots in groups.items():
+            if version is not None:
+                self.start.copy_(torch.from_numpy(versions[version]))
+                self.start64.copy_(self.start)
+            self._train(slots, mine, data, extra, round_, plan, sums)
+        sums.add("train_seconds", time.perf_counter() - t)
+
+    def _train(self, slots: list[int], mine: dict[int, int], data: dict, extra: np.ndarray, round_: int,
+               plan: RoundPlan, sums: RoundSums) -> None:
+        """Train the clients in `slots` from self.start, stacked as the engine chooses, into `sums`."""
         for stack in self.engine.stacks([len(data[mine[slot]][1]) for slot in slots], self.batch,
                                         [plan.cap(slot) for slot in slots]):
             stack = [slots[i] for i in stack]
             weights, losses = self.engine.train(
                 self.start, [data[mine[slot]] for slot in stack],
-                [client_generator(self.cfg.seed, round_, mine[slot]) for slot in stack],
+                [client_generator(self.cfg.seed, round_ if plan.starts is None else int(plan.starts[slot]),
+                                  mine[slot]) for slot in stack],
                 self.cfg.epochs, self.batch, self.cfg.client_lr(round_), self._correction(extra, stack),
                 [plan.cap(slot) for slot in stack])
             deltas = weights.to(torch.float64).sub_(self.start64)  # the stack's Δ_k at once: exact in float64
             for row, slot in enumerate(stack):
-                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_, int(plan.steps[slot]))
-        sums.add("train_seconds", time.perf_counter() - t)
+                self._add(mine[slot], slot, deltas[row], losses[row], extra, sums, round_, plan)
 
     def _correction(self, extra: np.ndarray, slots: list[int]) -> tuple[float, torch.Tensor | None] | None:
         """The algorithm's change to the local steps of the clients in `slots`, as Engine.train takes it."""
@@ -158,14 +173,17 @@ class Worker:
         return self.clients[k]
 
     def _add(self, k: int, slot: int, delta: torch.Tensor, loss: float, extra: np.ndarray,
-             sums: RoundSums, round_: int, steps: int) -> None:
+             sums: RoundSums, round_: int, plan: RoundPlan) -> None:
         """Client k's update Δ_k (float64) into the round's sums (as its algorithm says), or its 'bad
         update' flag (rank 0 then skips the client or ends the run as diverged: on_bad_update)."""
         if not (np.isfinite(loss) and bool(torch.isfinite(delta).all())):
             sums.bad[slot] = 1.0
             return
         n = int(self.fed.sizes[k])
-        self.algorithm.contribute(ClientUpdate(k, slot, delta.cpu().numpy(), n, steps, self.cfg.client_lr(round_)),
-                                  extra, sums)
+        update = ClientUpdate(k, slot, delta.cpu().numpy(), n, int(plan.steps[slot]), self.cfg.client_lr(round_))
+        if plan.versions is not None:  # asynchronous: τ server updates since it started
+            update.staleness = round_ - 1 - int(plan.versions[slot])
+            update.discount = discount(self.cfg.staleness, update.staleness)
+        self.algorithm.contribute(update, extra, sums)
         sums.add("n", n)
         sums.add("n_loss", n * loss)

@@ -426,8 +426,26 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("deadline = -5", "--deadline", "-5", ["'deadline'", ">= 0", "-5.0"]),
     ("stragglers = 1 (no client completes)", "--stragglers", "1", ["'stragglers'", "[0, 1)", "1.0"]),
     ("stragglers with E = 1", "--stragglers", "0.5", ["'stragglers'", "epochs >= 2", "E = 1"]),
+    ("execution unknown", "--execution", "parallel", ["'execution'", "sync, async", "'parallel'"]),
+    ("staleness unknown", "--staleness", "linear", ["'staleness'", "sqrt, none", "'linear'"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
+
+
+# --- asynchronous execution (fedmpi/schedule.py) ---------------------------------------------------
+
+for _name, _flags, _expect in [
+    ("async buffer_size > concurrency", ["--concurrency", "4", "--buffer-size", "5"],
+     ["'buffer_size'", "1..concurrency (4)", "got 5"]),
+    ("async concurrency = 0", ["--concurrency", "0"], ["'concurrency'", ">= 1", "got 0"]),
+    ("async concurrency > K", ["--concurrency", "11", "--buffer-size", "2"], ["'concurrency'", "11", "only 10"]),
+    ("async with stragglers", ["--stragglers", "0.5", "--epochs", "2"], ["'stragglers'", "synchronous rounds"]),
+    ("async with a deadline", ["--deadline", "10"], ["'deadline'", "synchronous rounds"]),
+    ("async with DP", ["--dp-clip", "1", "--dp-noise-multiplier", "1"], ["'dp_clip'", "synchronous rounds"]),
+    ("async with SCAFFOLD", ["--algorithm", "scaffold"], ["'execution'", "SCAFFOLD cannot run asynchronously"]),
+]:
+    case(_name)(lambda c, flags=_flags, expect=_expect:
+                Case(["--data", str(c.fed), "--execution", "async", *flags], expect))
 
 
 # --- the clients' simulated systems (fedmpi/system.py): a CSV of per-client speeds ----------------

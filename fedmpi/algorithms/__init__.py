@@ -83,14 +83,19 @@ def parse_args(cls: type, values: dict, name: str):
 
 
 def check(cfg) -> None:
-    """Refuse, in one line, an algorithm that cannot be imported, settings it does not take, or DP with
-    an algorithm DP-FedAvg cannot wrap (algorithms/privacy.py)."""
+    """Refuse, in one line, an algorithm that cannot be imported, settings it does not take, DP with
+    an algorithm DP-FedAvg cannot wrap (algorithms/privacy.py), or asynchronous execution with one that
+    cannot run so."""
     cls = resolve(cfg.algorithm)
     parse_args(cls, cfg.algorithm_args, cfg.algorithm)
     if cfg.dp_clip and not cls.dp_compatible:
         raise FedMPIError(f"config field 'dp_clip': {cls.title} cannot run with DP (dp_clip > 0): DP-FedAvg wraps "
                           "algorithms whose clients contribute FedAvg's way and whose state does not depend on "
                           "single clients' updates (dp_compatible, docs/extending.md)")
+    if cfg.execution == "async" and not cls.asynchronous:
+        raise FedMPIError(f"config field 'execution': {cls.title} cannot run asynchronously (execution = async): "
+                          "FedBuff buffers updates of clients that started from different models, which only "
+                          "algorithms without per-round state take (asynchronous, docs/extending.md)")
 
 
 def build(cfg, num_clients: int, clients_per_round: int, dim: int, num_params: int, dim_order, on_server: bool):

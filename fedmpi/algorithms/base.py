@@ -51,6 +51,8 @@ class ClientUpdate:
     examples: int        # n_k
     steps: int           # the local SGD steps it took: E·⌈n_k/B⌉, fewer for partial work (fedmpi/system.py)
     lr: float            # the clients' η of the round
+    staleness: int | None = None  # asynchronous execution: server updates since the client started; None: sync
+    discount: float = 1.0         # asynchronous execution: its staleness weight (1/√(1 + τ): cfg.staleness)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class Algorithm:
     # Whether a client that did fewer local steps than E epochs (a straggler, or cut by the deadline:
     # fedmpi/system.py) still contributes its update (FedProx), or is dropped (FedAvg's default).
     partial_work = False
+    # Whether it runs asynchronously (execution = async, FedBuff: fedmpi/schedule.py), where a buffer holds
+    # updates of clients that started from different models and nothing is broadcast besides the weights.
+    asynchronous = False
 
     def __init__(self, run: RunInfo, args=None):
         self.run, self.args = run, args
@@ -112,9 +117,14 @@ class Algorithm:
 
     def contribute(self, update: ClientUpdate, extra: np.ndarray, sums) -> None:
         """Add client k's update to the round's sums: sums.add_delta(Δ, w) adds w·Δ to Σ, sums.add(name, x)
-        a scalar, sums.extra[i] = x one of the extra values (those of this client's slot alone)."""
-        sums.add_delta(update.delta, update.examples)
-        sums.add("weight", update.examples)
+        a scalar, sums.extra[i] = x one of the extra values (those of this client's slot alone).
+        Asynchronous (FedBuff): every buffered update counts alike, discounted by its staleness."""
+        if update.staleness is None:
+            sums.add_delta(update.delta, update.examples)
+            sums.add("weight", update.examples)
+        else:
+            sums.add_delta(update.delta, update.discount)
+            sums.add("weight", 1)
 
 
 def server_array(what: str, shape: tuple[int, ...]) -> np.ndarray:

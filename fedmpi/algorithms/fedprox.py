@@ -5,6 +5,7 @@ from fedmpi.algorithms.base import Algorithm, Correction
 class FedProx(Algorithm):
     title = "FedProx"
     partial_work = True  # the paper's "variable amounts of work": stragglers' updates are used
+    asynchronous = True
 
     def __init__(self, run, args=None):
         super().__init__(run, args)
