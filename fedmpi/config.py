@@ -121,6 +121,10 @@ class RunConfig:
                                "anew each round; FedProx uses their partial work, FedAvg drops them)", label="strag")
     deadline: float = _field(0.0, "virtual seconds a round waits: a client does only the steps that fit (FedProx "
                              "uses them, FedAvg drops the client); 0 = no deadline", label="deadline")
+    availability: float = _field(1.0, "the probability that a client is online when a round starts (async: when it "
+                                 "would start), drawn anew each time; rounds sample among those online")
+    availability_trace: str = _field("", "a CSV file of online intervals (client,start,end in virtual seconds; "
+                                     "clients without a row are always online); sync only")
     execution: str = _field("sync", "sync (rounds of C·K clients) | async (FedBuff: concurrency clients train at "
                             "once, every buffer_size finished updates make one server update, a round; "
                             "fedmpi/schedule.py)", label="", table="setting")
@@ -335,6 +339,11 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         bad("stragglers", f"must lie in [0, 1) (the share of each round's clients that are slow), got {cfg.stragglers}")
     if cfg.stragglers and cfg.epochs < 2:
         bad("stragglers", f"a straggler does 1 to E−1 local epochs, so it needs epochs >= 2, got E = {cfg.epochs}")
+    if not (math.isfinite(cfg.availability) and 0 < cfg.availability <= 1):
+        bad("availability", f"must lie in (0, 1] (1 = always online), got {cfg.availability}")
+    if cfg.dp_clip and (cfg.availability < 1 or cfg.availability_trace):
+        bad("dp_clip", "DP's ε assumes m clients sampled uniformly from all K; it cannot be stated with "
+            "availability < 1 or an availability trace")
     if cfg.execution not in EXECUTIONS:
         bad("execution", f"choose one of {', '.join(EXECUTIONS)}, got {cfg.execution!r}")
     if cfg.staleness not in STALENESS:
@@ -345,7 +354,7 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         if not 1 <= cfg.buffer_size <= cfg.concurrency:
             bad("buffer_size", f"must lie in 1..concurrency ({cfg.concurrency}): a buffer fills with updates of "
                 f"clients that trained at once, got {cfg.buffer_size}")
-        for name in ("stragglers", "deadline", "dp_clip"):
+        for name in ("stragglers", "deadline", "dp_clip", "availability_trace"):
             if getattr(cfg, name):
                 bad(name, "is for synchronous rounds; asynchronous execution (execution = async) does not take it")
 

@@ -25,7 +25,7 @@ from fedmpi.data import Federation
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.engine import FlatModel
 from fedmpi.evaluation import read_client_accuracy
-from fedmpi.fedavg import RoundSums, plan_evaluation, plan_round
+from fedmpi.fedavg import RoundSums, plan_evaluation
 from fedmpi.files import remove_leftovers, write_atomically
 from fedmpi.metrics import read_metrics
 from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
@@ -129,6 +129,9 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars, len(evaluated))
     start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
+    if setup.system.trace is not None:  # who is online depends on the clock: replay the rounds before `start`
+        for round_ in range(1, start + 1):
+            setup.system.plan(round_, setup.system.sample(round_, m))
     store = None  # asynchronous: the model versions that clients still train from, on every rank
     if setup.schedule:
         store = comm.world.bcast(VersionStore.from_state(setup.resume.state if setup.resume else {})
@@ -164,7 +167,7 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
         if setup.schedule:
             sampled, plan = setup.schedule.plan(round_)
         else:
-            sampled = plan_round(cfg.seed, round_, fed.num_clients, m) if round_ else np.empty(0, dtype=np.int64)
+            sampled = setup.system.sample(round_, m)
             plan = setup.system.plan(round_, sampled)
         if server and round_:
             algorithm.fill_broadcast(extra, sampled)

@@ -20,7 +20,8 @@ and nothing waits on a single client.
 
 Randomness (fedmpi.fedavg's contract): the clients drawn from
 SeedSequence([6, seed]), one numpy default_rng for the run: each start draws
-rng.integers(K) until the client is not training already; client k's
+rng.integers(K) until the client is not training already and, with
+availability p < 1, then rng.random() < p (else it draws again); client k's
 shuffling in its j-th start of the run (j = 1, 2, ... over all clients) from
 SeedSequence([1, seed, j, k]). Ties in finish time go to the earlier start.
 """
@@ -68,8 +69,9 @@ class AsyncSchedule:
             self._start()
 
     def _start(self) -> None:
+        """A new client, drawn uniformly among those not training and online (`availability`)."""
         k = int(self.rng.integers(self.num_clients))
-        while k in self.busy:
+        while k in self.busy or (self.cfg.availability < 1 and self.rng.random() >= self.cfg.availability):
             k = int(self.rng.integers(self.num_clients))
         self.started += 1
         self.busy.add(k)

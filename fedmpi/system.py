@@ -18,12 +18,20 @@ paper's systems heterogeneity), and no more steps than fit before the
 FedProx) trains those clients for the steps they did; the others (FedAvg)
 drop them. A client with no step done is dropped by every algorithm.
 
+Availability: a round samples its m clients among those online at its start
+(all of them when fewer are): each client is online with probability
+`availability`, drawn anew each round, and, with an `availability_trace`,
+only within its intervals of virtual time.
+
 Randomness (fedmpi.fedavg's contract): lognormal speeds exp(σ·z_k) with z
 standard normal from SeedSequence([5, seed]), one per client; the
 stragglers of round t from SeedSequence([4, seed, t]): numpy's
 default_rng(...).choice(m, m − round(m·(1 − F)), replace=False) of the
 round's slots (its sampled clients in increasing id), then
-.integers(1, E, size=that many) epochs for them, in that order.
+.integers(1, E, size=that many) epochs for them, in that order; who is
+online in round t: default_rng(SeedSequence([7, seed, t])).random(K) <
+availability, and the round's m then by
+default_rng(SeedSequence([0, seed, t])).choice(online ids, m, replace=False).
 """
 from __future__ import annotations
 
@@ -34,8 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmpi.errors import FedMPIError
+from fedmpi.fedavg import SAMPLING, plan_round
 
-STRAGGLERS, SPEEDS = 4, 5  # fedmpi.fedavg's SeedSequence streams 0-3, then these
+STRAGGLERS, SPEEDS, AVAILABILITY = 4, 5, 7  # fedmpi.fedavg's SeedSequence streams 0-3, then these
 MB = 1e6  # bandwidth is in MB/s
 
 
@@ -65,14 +74,48 @@ class SystemModel:
         self.cfg, self.sizes, self.partial_work = cfg, sizes, partial_work
         k = len(sizes)
         self.speed, self.bandwidth, self.latency = speeds(cfg, k)
+        self.trace = read_trace(cfg.availability_trace, k) if cfg.availability_trace else None
+        self.clock = 0.0  # virtual seconds at the end of the last planned round
         self.upload = model_bytes / (self.bandwidth * MB) + self.latency  # (K,) or a number: seconds
         batch = cfg.batch_size
         self.per_epoch = np.where((batch == 0) | (sizes <= batch), 1, -(-sizes // max(batch, 1)))
 
+    def sample(self, round_: int | None, m: int) -> np.ndarray:
+        """Round t's clients: fedavg.plan_round's m of the K, or, with availability, m of those online at
+        the round's start (all of them when fewer are online), drawn alike."""
+        if round_ is None:
+            return np.empty(0, dtype=np.int64)
+        online = self.online(round_)
+        if online is None:
+            return plan_round(self.cfg.seed, round_, len(self.sizes), m)
+        ids = np.flatnonzero(online)
+        rng = np.random.default_rng(np.random.SeedSequence([SAMPLING, self.cfg.seed, round_]))
+        return np.sort(rng.choice(ids, min(m, len(ids)), replace=False))
+
+    def online(self, round_: int) -> np.ndarray | None:
+        """Which clients are online at round t's start (`clock`), or None when all are (availability 1, no
+        trace): each with probability `availability`, drawn from SeedSequence([7, seed, t]), and within
+        one of its trace's intervals."""
+        if self.cfg.availability == 1 and self.trace is None:
+            return None
+        online = np.ones(len(self.sizes), dtype=bool)
+        if self.cfg.availability < 1:
+            rng = np.random.default_rng(np.random.SeedSequence([AVAILABILITY, self.cfg.seed, round_]))
+            online &= rng.random(len(self.sizes)) < self.cfg.availability
+        if self.trace is not None:
+            online &= self.trace.online(self.clock)
+        return online
+
     def plan(self, round_: int | None, sampled: np.ndarray) -> RoundPlan:
-        """Round t's plan for its sampled clients (sorted ids); an empty one for the last step (None)."""
+        """Round t's plan for its sampled clients (sorted ids), which moves the clock to the round's end;
+        an empty one for the last step (None). A round without clients (none online) lasts until the
+        trace's next interval starts, if one does."""
         if round_ is None:
             return RoundPlan(np.zeros(0, np.int64), np.zeros(0, np.int64), 0.0)
+        if not len(sampled):
+            seconds = self.trace.next_start(self.clock) - self.clock if self.trace is not None else 0.0
+            self.clock += seconds
+            return RoundPlan(np.zeros(0, np.int64), np.zeros(0, np.int64), seconds)
         cfg = self.cfg
         per_epoch = self.per_epoch[sampled]
         full = cfg.epochs * per_epoch
@@ -90,6 +133,7 @@ class SystemModel:
             work = np.minimum(work, fit)
         steps = np.where((work == full) | (self.partial_work & (work > 0)), work, 0)
         seconds = float(cfg.deadline) if cut.any() else float(np.max(work * cfg.step_seconds / speed + upload))
+        self.clock += seconds
         return RoundPlan(steps, full, seconds)
 
     def duration(self, k: int) -> float:
@@ -100,6 +144,54 @@ class SystemModel:
     @staticmethod
     def _of(values, sampled) -> np.ndarray:
         return values[sampled] if isinstance(values, np.ndarray) else np.full(len(sampled), float(values))
+
+
+class Trace:
+    """Clients' online intervals [start, end) in virtual seconds; a client without one is always online."""
+
+    def __init__(self, clients: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_clients: int):
+        self.clients, self.starts, self.ends = clients, starts, ends
+        self.listed = np.zeros(num_clients, dtype=bool)
+        self.listed[clients] = True
+
+    def online(self, t: float) -> np.ndarray:
+        online = ~self.listed
+        online[self.clients[(self.starts <= t) & (t < self.ends)]] = True
+        return online
+
+    def next_start(self, t: float) -> float:
+        """The first interval start after t (t itself when none comes)."""
+        later = self.starts[self.starts > t]
+        return float(later.min()) if len(later) else t
+
+
+def read_trace(path: str, num_clients: int) -> Trace:
+    """A CSV file with the header client,start,end: one row per online interval (a client may have many)."""
+    def bad(why):
+        raise FedMPIError(f"config field 'availability_trace': {path}: {why}")
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            columns = list(rows[0].keys()) if rows else []
+    except FileNotFoundError:
+        bad("not found")
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        bad(f"cannot read it as CSV text: {e}")
+    if columns[:3] != ["client", "start", "end"]:
+        bad(f"needs the header client,start,end (one row per online interval), got {columns}")
+    table = np.zeros((len(rows), 3))
+    for line, row in enumerate(rows, start=2):
+        try:
+            table[line - 2] = [float(row[name]) for name in ("client", "start", "end")]
+        except (TypeError, ValueError):
+            bad(f"line {line}: client, start and end must be numbers, got {[row.get(n) for n in columns[:3]]}")
+        k, start, end = table[line - 2]
+        if not (math.isfinite(k) and k == int(k) and 0 <= k < num_clients):
+            bad(f"line {line}: client {row['client']} is not one of the federation's 0..{num_clients - 1}")
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+            bad(f"line {line}: an interval needs 0 <= start < end (virtual seconds), got {start:g}, {end:g}")
+    return Trace(table[:, 0].astype(np.int64), table[:, 1], table[:, 2], num_clients)
 
 
 def speeds(cfg, num_clients: int):

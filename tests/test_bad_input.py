@@ -428,6 +428,8 @@ for _name, _flag, _value, _expect, *_ranks in [
     ("stragglers with E = 1", "--stragglers", "0.5", ["'stragglers'", "epochs >= 2", "E = 1"]),
     ("execution unknown", "--execution", "parallel", ["'execution'", "sync, async", "'parallel'"]),
     ("staleness unknown", "--staleness", "linear", ["'staleness'", "sqrt, none", "'linear'"]),
+    ("availability = 0", "--availability", "0", ["'availability'", "(0, 1]", "got 0"]),
+    ("availability = nan", "--availability", "nan", ["'availability'", "(0, 1]", "nan"]),
 ]:
     case(_name)(value_case(_flag, _value, _expect, *_ranks))
 
@@ -443,6 +445,8 @@ for _name, _flags, _expect in [
     ("async with a deadline", ["--deadline", "10"], ["'deadline'", "synchronous rounds"]),
     ("async with DP", ["--dp-clip", "1", "--dp-noise-multiplier", "1"], ["'dp_clip'", "synchronous rounds"]),
     ("async with SCAFFOLD", ["--algorithm", "scaffold"], ["'execution'", "SCAFFOLD cannot run asynchronously"]),
+    ("async with an availability trace", ["--availability-trace", "t.csv"],
+     ["'availability_trace'", "synchronous rounds"]),
 ]:
     case(_name)(lambda c, flags=_flags, expect=_expect:
                 Case(["--data", str(c.fed), "--execution", "async", *flags], expect))
@@ -464,6 +468,27 @@ for _name, _text, _expect in [
         path.write_bytes(text.encode("utf-8", "surrogateescape"))
         return Case(["--data", str(c.fed), "--client-speed", str(path)], ["'client_speed'", "speeds.csv", *expect])
     case(_name)(_speeds_case)
+
+
+for _name, _text, _expect in [
+    ("trace CSV with another header", "client,from,to\n0,1,2\n", ["header client,start,end", "'from'"]),
+    ("trace CSV with an interval ending before it starts", "client,start,end\n0,5,2\n",
+     ["line 2", "0 <= start < end", "5, 2"]),
+    ("trace CSV with a client beyond K", "client,start,end\n0,0,1\n12,0,1\n", ["line 3", "client 12", "0..9"]),
+    ("trace CSV with text for a number", "client,start,end\n0,soon,1\n", ["line 2", "must be numbers"]),
+]:
+    def _trace_case(c, text=_text, expect=_expect):
+        path = c.tmp / "trace.csv"
+        path.write_text(text)
+        return Case(["--data", str(c.fed), "--availability-trace", str(path)],
+                    ["'availability_trace'", "trace.csv", *expect])
+    case(_name)(_trace_case)
+
+
+@case("DP with availability")
+def _(c):
+    return Case(["--data", str(c.fed), "--dp-clip", "1", "--dp-noise-multiplier", "1", "--availability", "0.5"],
+                ["'dp_clip'", "availability"])
 
 
 @case("speeds CSV missing")

@@ -1,4 +1,5 @@
-"""Heterogeneous clients on a virtual clock (fedmpi/system.py): stragglers, a deadline, per-client speeds.
+"""Heterogeneous clients on a virtual clock (fedmpi/system.py): stragglers, a deadline, per-client speeds,
+availability.
 
 A sequential float64 FedAvg / FedProx written here from the papers and the documented contract (README,
 "Heterogeneous clients"): each round's stragglers (FedProx paper: a share F of the sampled clients does
@@ -37,6 +38,8 @@ CASES = {  # options as flags; the same keys drive the reference
     "fedprox, speeds from a CSV, deadline, one client at a time": dict(algorithm="fedprox", prox_mu=0.0,
                                                                        client_speed="csv", deadline=4.0,
                                                                        stack_clients=1),
+    "fedavg, availability and a trace of online intervals": dict(availability=0.3, availability_trace="trace",
+                                                                 client_speed="lognormal", speed_sigma=1.0),
 }
 
 
@@ -51,6 +54,28 @@ def write_speeds(path, num_clients: int) -> None:
     rows = [f"{k},{rng.uniform(0.2, 3):.4f},{rng.uniform(0.5, 5):.3f},{20.0 if k % 5 == 0 else 0.1}"
             for k in range(num_clients)]
     path.write_text("client,speed,bandwidth,latency\n" + "\n".join(reversed(rows)) + "\n")
+
+
+def write_trace(path, num_clients: int) -> None:
+    """Online intervals for the even clients (the odd ones, without a row, are always online)."""
+    rng = np.random.default_rng(8)
+    rows = [f"{k},{start:.3f},{start + rng.uniform(5, 40):.3f}" for k in range(0, num_clients, 2)
+            for start in rng.uniform(0, 60, size=2)]
+    path.write_text("client,start,end\n" + "\n".join(rows) + "\n")
+
+
+def online_at(options: dict, trace_csv, num_clients: int, round_: int, clock: float) -> np.ndarray | None:
+    """Who is online at round t's start: each with probability `availability` (SeedSequence([7, seed, t])),
+    and an even client only within one of its trace's intervals; None: everyone, always."""
+    if "availability" not in options:
+        return None
+    draws = np.random.default_rng(np.random.SeedSequence([7, SEED, round_])).random(num_clients)
+    online = draws < options["availability"]
+    table = np.loadtxt(trace_csv, delimiter=",", skiprows=1, ndmin=2)
+    for k in range(0, num_clients, 2):
+        rows = table[table[:, 0] == k]
+        online[k] &= bool(((rows[:, 1] <= clock) & (clock < rows[:, 2])).any())
+    return online
 
 
 def systems(options: dict, fed_dir, speeds_csv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,9 +93,10 @@ def systems(options: dict, fed_dir, speeds_csv) -> tuple[np.ndarray, np.ndarray,
     return speed, np.full(k, BANDWIDTH), np.full(k, LATENCY)
 
 
-def reference(fed_dir, options: dict, speeds_csv=None) -> tuple[np.ndarray, list[float], int, int]:
+def reference(fed_dir, options: dict, speeds_csv=None, trace_csv=None) -> tuple[np.ndarray, list[float], int, int]:
     """Sequential FedAvg / FedProx with heterogeneous clients in float64: final weights, each round's
-    virtual_time, and how many clients trained only in part and how many were dropped, over all rounds."""
+    virtual_time, how many clients trained only in part and how many were dropped over all rounds, and
+    each round's clients."""
     fed = Federation(fed_dir)
     model = build_model("2nn", fed.input_shape, fed.num_classes, SEED).double()
     params = list(model.parameters())
@@ -83,15 +109,20 @@ def reference(fed_dir, options: dict, speeds_csv=None) -> tuple[np.ndarray, list
     speed, bandwidth, latency = systems(options, fed_dir, speeds_csv)
     upload = len(w) * 8 / (bandwidth * 1e6) + latency  # float64 weights
     deadline = options.get("deadline", 0.0)
-    clock, times, partial, dropped = 0.0, [], 0, 0
+    clock, times, partial, dropped, sampled = 0.0, [], 0, 0, []
     for r in range(1, ROUNDS + 1):
-        chosen = np.sort(np.random.default_rng(np.random.SeedSequence([0, SEED, r])).choice(K, m, replace=False))
+        online = online_at(options, trace_csv, K, r, clock)
+        ids = np.arange(K) if online is None else np.flatnonzero(online)
+        chosen = np.sort(np.random.default_rng(np.random.SeedSequence([0, SEED, r])).choice(
+            K if online is None else ids, min(m, len(ids)), replace=False))
+        sampled.append(chosen.tolist())
         per_epoch = np.array([math.ceil(fed.sizes[k] / B) for k in chosen])
         full = E * per_epoch
         work = full.copy()
         if options.get("stragglers"):
             rng = np.random.default_rng(np.random.SeedSequence([4, SEED, r]))
-            slow = rng.choice(m, m - round(m * (1 - options["stragglers"])), replace=False)
+            n = len(chosen)
+            slow = rng.choice(n, n - round(n * (1 - options["stragglers"])), replace=False)
             work[slow] = rng.integers(1, E, size=len(slow)) * per_epoch[slow]
         cut = False
         if deadline:
@@ -124,31 +155,37 @@ def reference(fed_dir, options: dict, speeds_csv=None) -> tuple[np.ndarray, list
             weight += len(y)
         if weight:
             w = w + total / weight
-    return w.numpy(), times, partial, dropped
+    return w.numpy(), times, partial, dropped, sampled
 
 
-def flags(options: dict, speeds_csv) -> list[str]:
+def flags(options: dict, speeds_csv, trace_csv) -> list[str]:
     out = []
     for key, value in options.items():
-        out += ["--" + key.replace("_", "-"), str(speeds_csv) if value == "csv" else str(value)]
+        out += ["--" + key.replace("_", "-"), {"csv": str(speeds_csv), "trace": str(trace_csv)}.get(value, str(value))]
     return out
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_heterogeneous_clients_equal_the_sequential_reference(case, fed, tmp_path):
     options = CASES[case]
-    speeds_csv = tmp_path / "speeds.csv"
+    speeds_csv, trace_csv = tmp_path / "speeds.csv", tmp_path / "trace.csv"
     write_speeds(speeds_csv, Federation(fed).num_clients)
+    write_trace(trace_csv, Federation(fed).num_clients)
     run = train(3, fed, tmp_path / "run", *BASE, "--rounds", str(ROUNDS), "--precision", "float64",
-                *flags(options, speeds_csv))
-    expected, times, partial, dropped = reference(fed, options, speeds_csv)
+                *flags(options, speeds_csv, trace_csv))
+    expected, times, partial, dropped, sampled = reference(fed, options, speeds_csv, trace_csv)
     assert np.abs(final_weights(tmp_path / "run") - expected).max() < 1e-9
     records = [r for r in comparable(tmp_path / "run") if r["round"] > 0]
+    assert [r["clients"] for r in records] == sampled
     np.testing.assert_allclose([r["virtual_time"] for r in records], times, rtol=1e-12)
     assert sum(len(r.get("partial_clients", [])) for r in records) == partial
     assert sum(len(r.get("dropped_clients", [])) for r in records) == dropped
-    # each case exercises what it names: FedProx trains partial work, FedAvg and a too-slow upload drop
-    assert partial > 0 if options.get("algorithm") == "fedprox" else dropped > 0, (partial, dropped)
+    # each case exercises what it names: FedProx trains partial work, FedAvg and a too-slow upload drop,
+    # availability samples fewer than m clients, among the online ones
+    if "availability" in options:
+        assert min(len(r["clients"]) for r in records) < max(len(r["clients"]) for r in records)
+    else:
+        assert partial > 0 if options.get("algorithm") == "fedprox" else dropped > 0, (partial, dropped)
     if options.get("client_speed") == "csv":
         assert dropped > 0  # the clients whose upload outlasts the deadline
     print(run.stdout.splitlines()[-2])
@@ -156,11 +193,14 @@ def test_heterogeneous_clients_equal_the_sequential_reference(case, fed, tmp_pat
 
 def test_heterogeneous_runs_do_not_depend_on_the_rank_count_and_resume_exactly(fed, tmp_path):
     """Stragglers and a deadline on lognormal speeds, FedProx using the partial work (masked stacks of
-    clients cut at different steps), float32: 1 rank and 3 ranks give the same weights bit for bit; kill -9
-    after round 2 (of 5), --resume on 2 ranks: the uninterrupted run's weights and records, virtual_time
-    included."""
-    case = CASES["fedprox, lognormal speeds, deadline and stragglers"]
-    run_flags = [*BASE, "--rounds", "5", "--checkpoint-every", "1", *flags(case, None)]
+    clients cut at different steps), availability with a trace, float32: 1 rank and 3 ranks give the same
+    weights bit for bit; kill -9 after round 2 (of 5), --resume on 2 ranks (which replays the clock for the
+    trace): the uninterrupted run's weights and records, virtual_time included."""
+    case = {**CASES["fedprox, lognormal speeds, deadline and stragglers"], "availability": 0.8,
+            "availability_trace": "trace"}
+    trace_csv = tmp_path / "trace.csv"
+    write_trace(trace_csv, Federation(fed).num_clients)
+    run_flags = [*BASE, "--rounds", "5", "--checkpoint-every", "1", *flags(case, None, trace_csv)]
     train(1, fed, tmp_path / "one", *run_flags)
     train(3, fed, tmp_path / "full", *run_flags)
     np.testing.assert_array_equal(final_weights(tmp_path / "one"), final_weights(tmp_path / "full"))
