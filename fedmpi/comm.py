@@ -15,6 +15,7 @@ import numpy as np
 
 from fedmpi.config import MAX_THREADS
 from fedmpi.errors import FedMPIError
+from fedmpi.fedavg import BLOCK
 
 # MPICH (pip's wheel, Cray MPICH, Intel MPI read these; other MPIs ignore them): use binomial
 # trees for the two per-round collectives. Their default for large messages, scatter + ring
@@ -34,14 +35,25 @@ ABORT_GRACE = 0.3  # seconds between a failing rank's last words and its MPI_Abo
 
 
 def _add_double_doubles(inbuf, inoutbuf, datatype) -> None:
-    """inout += in for arrays of (hi, lo) pairs: TwoSum of the his, the los added, then renormalised."""
+    """inout += in for arrays of (hi, lo) pairs: TwoSum of the his, the los added, then renormalised
+    (a block at a time, in scratch rows: fedavg.BLOCK)."""
     a = np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 2)
     b = np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 2)
-    s = a[:, 0] + b[:, 0]
-    back = s - a[:, 0]
-    err = (a[:, 0] - (s - back)) + (b[:, 0] - back) + a[:, 1] + b[:, 1]
-    b[:, 0] = s + err
-    b[:, 1] = err - (b[:, 0] - s)
+    scratch = np.empty((3, min(len(a), BLOCK)))
+    for i in range(0, len(a), BLOCK):
+        a_hi, a_lo, b_hi, b_lo = a[i:i + BLOCK, 0], a[i:i + BLOCK, 1], b[i:i + BLOCK, 0], b[i:i + BLOCK, 1]
+        s, back, err = scratch[:, :len(a_hi)]
+        np.add(a_hi, b_hi, out=s)
+        np.subtract(s, a_hi, out=back)
+        np.subtract(s, back, out=err)
+        np.subtract(a_hi, err, out=err)    # a_hi - (s - back)
+        np.subtract(b_hi, back, out=back)
+        err += back
+        err += a_lo
+        err += b_lo
+        np.add(s, err, out=b_hi)
+        np.subtract(b_hi, s, out=s)
+        np.subtract(err, s, out=b_lo)
 
 
 DOUBLE_DOUBLE = MPI.DOUBLE.Create_contiguous(2).Commit()  # one (hi, lo) pair: reductions never split it

@@ -43,20 +43,28 @@ class LinearSGD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:  # with the weights before the step
-            # For a few rows (B = 10), W·gᵀ transposed back is the faster GEMM orientation; for
-            # many (B ≥ 50) g·Wᵀ is, and its result is contiguous: transposing a 600×3136
-            # gradient for the next layer would cost more than the product.
-            grad_x = torch.matmul(weight, grad.mT).mT if grad.shape[-2] < FEW_ROWS else torch.matmul(grad, weight.mT)
-        target_weight, target_bias = ctx.into or (weight, bias)
-        with torch.no_grad():
-            if x.dim() == 3:
-                target_weight.baddbmm_(x.mT, grad, alpha=ctx.alpha)
-            else:
-                target_weight.addmm_(x.mT, grad, alpha=ctx.alpha)
-            target_bias.add_(grad.sum(-2), alpha=ctx.alpha)
-        return grad_x, None, None, None, None
+        return backward_and_step(grad, x, weight, bias, ctx.alpha, ctx.into, ctx.needs_input_grad[0]), \
+            None, None, None, None
+
+
+def backward_and_step(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float,
+                      into: tuple[torch.Tensor, torch.Tensor] | None, input_grad: bool = True) -> torch.Tensor | None:
+    """LinearSGD's backward: the input's gradient (if `input_grad`, with the weights before the step), then
+    α·∇ of W and b added into `into` (W and b themselves when None). engine.mlp calls it without autograd."""
+    grad_x = None
+    if input_grad:
+        # For a few rows (B = 10), W·gᵀ transposed back is the faster GEMM orientation; for
+        # many (B ≥ 50) g·Wᵀ is, and its result is contiguous: transposing a 600×3136
+        # gradient for the next layer would cost more than the product.
+        grad_x = torch.matmul(weight, grad.mT).mT if grad.shape[-2] < FEW_ROWS else torch.matmul(grad, weight.mT)
+    target_weight, target_bias = into or (weight, bias)
+    with torch.no_grad():
+        if x.dim() == 3:
+            target_weight.baddbmm_(x.mT, grad, alpha=alpha)
+        else:
+            target_weight.addmm_(x.mT, grad, alpha=alpha)
+        target_bias.add_(grad.sum(-2), alpha=alpha)
+    return grad_x
 
 
 def linear_sgd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lr: float,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmpi.engine.flat import FlatModel
-from fedmpi.engine.linear_sgd import linear_sgd
+from fedmpi.engine.linear_sgd import backward_and_step
 
 
 def is_mlp(model: nn.Module) -> bool:
@@ -41,6 +41,7 @@ class FusedMLPStep:
     def __init__(self, flat: FlatModel):
         self.flat = flat
         self.layers = [f"{i}" if isinstance(m, nn.Linear) else None for i, m in enumerate(flat.model)][1:]
+        self.first = next(i for i, name in enumerate(self.layers) if name)
 
     def begin(self, rows: torch.Tensor, lr: float, velocity: torch.Tensor | None = None) -> None:
         """Working copies of the G clients' Linear weights, input-major (G, in, out), and biases, which
@@ -48,7 +49,7 @@ class FusedMLPStep:
         layers add their gradients into it instead and compute with the rows themselves, which
         local_sgd steps."""
         self.views, _ = self.flat.stacked(rows)
-        self.lr = lr
+        self.alpha = -lr if velocity is None else 1.0
         self.params, self.into = {}, None
         if velocity is not None:
             buffers, _ = self.flat.stacked(velocity)
@@ -60,20 +61,46 @@ class FusedMLPStep:
                 self.params[name] = (weight.clone(memory_format=torch.contiguous_format),
                                      bias.clone(memory_format=torch.contiguous_format))
             else:
-                self.params[name] = (weight.detach(), bias.detach())
-            for p in self.params[name]:
-                p.requires_grad_()
+                self.params[name] = (weight, bias)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One step of the G clients; their batch losses. The backward pass is written out: autograd's own
+        kernels in autograd's order (so its numbers, bit for bit), without its graph, whose set-up and
+        Python Function calls cost as much as the products at B = 10 (docs/performance.md)."""
         g, b = y.shape
         h = x.reshape(g, b, -1)
+        saved = []  # each Linear layer's input, each ReLU's output
         for name in self.layers:
-            h = linear_sgd(h, *self.params[name], self.lr, self.into and self.into[name]) if name else torch.relu(h)
-        loss = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(g, -1)
-        # mean over each client's rows that hold an example (a padded batch); 0 where none do
-        loss = loss.mean(1) if mask is None else (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
-        loss.sum().backward()  # the layers step themselves
-        return loss.detach()
+            if name:
+                saved.append(h)
+                weight, bias = self.params[name]
+                h = torch.baddbmm(bias.unsqueeze(1), h, weight)
+            else:
+                h = torch.relu(h)
+                saved.append(h)
+        # cross_entropy as ATen computes it: log_softmax, then nll_loss
+        log_p = torch.log_softmax(h.flatten(0, 1), 1)
+        target = y.flatten()
+        loss = F.nll_loss(log_p, target, reduction="none").view(g, -1)
+        # the mean over each client's rows that hold an example (a padded batch; 0 where none do), and
+        # the gradient of the clients' sum of means with respect to each row's loss
+        if mask is None:
+            per_row = loss.new_ones(g, 1).expand(g, b) / b
+            loss = loss.mean(1)
+        else:
+            rows = mask.sum(1).clamp(min=1)
+            per_row = (loss.new_ones(g) / rows).unsqueeze(1) * mask
+            loss = (loss * mask).sum(1) / rows
+        grad = torch.zeros_like(log_p).scatter_(1, target.unsqueeze(1), -per_row.reshape(-1, 1))
+        grad = torch._log_softmax_backward_data(grad, log_p, 1, log_p.dtype).view(g, b, -1)
+        for i in reversed(range(self.first, len(self.layers))):  # no gradient below the first Linear layer
+            name = self.layers[i]
+            if name:  # the layer steps itself
+                grad = backward_and_step(grad, saved[i], *self.params[name], self.alpha,
+                                         self.into and self.into[name], input_grad=i > self.first)
+            else:
+                grad = torch.ops.aten.threshold_backward(grad, saved[i], 0)
+        return loss
 
     def end(self, rows: torch.Tensor) -> None:
         if self.into is not None:  # trained in the rows
