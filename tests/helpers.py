@@ -161,3 +161,22 @@ def launch_with(launcher: list[str], args: list[str], timeout: float = 240, env:
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     result.seconds = time.monotonic() - started
     return result
+
+
+def assert_rank_independent_and_resumable(fed: Path, tmp_path: Path, flags: list[str], rounds: int,
+                                          kill_after: int) -> None:
+    """`flags` (with --rounds `rounds` and --checkpoint-every 1) on 1 rank and on 3 give the same weights and
+    records bit for bit; kill -9 of rank 0 after round `kill_after` and --resume on 2 ranks give them too."""
+    train(1, fed, tmp_path / "one", *flags)
+    train(3, fed, tmp_path / "full", *flags)
+    np.testing.assert_array_equal(final_weights(tmp_path / "one"), final_weights(tmp_path / "full"))
+    assert comparable(tmp_path / "one") == comparable(tmp_path / "full")
+    out = tmp_path / "killed"
+    proc = start_job(3, fed, out, *flags)
+    wait_for_round(out, kill_after, proc)
+    os.kill(rank_pids(str(out))[0], signal.SIGKILL)
+    finish(proc, 60)
+    assert len(comparable(out)) < rounds + 1  # rounds 0..T when complete
+    assert "resuming at round" in train(2, fed, out, *flags, "--resume").stdout
+    np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "full"))
+    assert comparable(out) == comparable(tmp_path / "full")

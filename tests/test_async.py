@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 
 from fedmpi.data import Federation
 from fedmpi.models import build_model
-from helpers import comparable, final_weights, finish, rank_pids, start_job, train, wait_for_round
+from helpers import assert_rank_independent_and_resumable, comparable, final_weights, train
 
 E, B, LR, SEED, SIGMA = 1, 50, 0.05, 3, 1.0
 STEP_SECONDS, BANDWIDTH, LATENCY = 0.05, 1.0, 0.05  # the defaults
@@ -113,16 +111,4 @@ def test_async_runs_do_not_depend_on_the_rank_count_and_resume_exactly(fed, tmp_
     --resume on 2 ranks: the uninterrupted run's weights and records (the model versions that clients
     in flight started from come back from the checkpoint)."""
     run_flags = [*BASE, "--rounds", "8", "--checkpoint-every", "1", "--concurrency", "12", "--buffer-size", "4"]
-    train(1, fed, tmp_path / "one", *run_flags)
-    train(3, fed, tmp_path / "full", *run_flags)
-    np.testing.assert_array_equal(final_weights(tmp_path / "one"), final_weights(tmp_path / "full"))
-    assert comparable(tmp_path / "one") == comparable(tmp_path / "full")
-    out = tmp_path / "killed"
-    proc = start_job(3, fed, out, *run_flags)
-    wait_for_round(out, 3, proc)
-    os.kill(rank_pids(str(out))[0], signal.SIGKILL)
-    finish(proc, 60)
-    assert len(comparable(out)) < 9  # rounds 0..8 when complete
-    assert "resuming at round" in train(2, fed, out, *run_flags, "--resume").stdout
-    np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "full"))
-    assert comparable(out) == comparable(tmp_path / "full")
+    assert_rank_independent_and_resumable(fed, tmp_path, run_flags, rounds=8, kill_after=3)

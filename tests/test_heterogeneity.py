@@ -13,8 +13,6 @@ the uninterrupted run's weights and records (virtual_time included).
 from __future__ import annotations
 
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 
 from fedmpi.data import Federation
 from fedmpi.models import build_model
-from helpers import comparable, final_weights, finish, rank_pids, start_job, train, wait_for_round
+from helpers import assert_rank_independent_and_resumable, comparable, final_weights, train
 
 C, E, B, LR, ROUNDS, SEED = 0.25, 3, 50, 0.05, 3, 3
 STEP_SECONDS, BANDWIDTH, LATENCY = 0.05, 1.0, 0.05  # the defaults
@@ -201,16 +199,4 @@ def test_heterogeneous_runs_do_not_depend_on_the_rank_count_and_resume_exactly(f
     trace_csv = tmp_path / "trace.csv"
     write_trace(trace_csv, Federation(fed).num_clients)
     run_flags = [*BASE, "--rounds", "5", "--checkpoint-every", "1", *flags(case, None, trace_csv)]
-    train(1, fed, tmp_path / "one", *run_flags)
-    train(3, fed, tmp_path / "full", *run_flags)
-    np.testing.assert_array_equal(final_weights(tmp_path / "one"), final_weights(tmp_path / "full"))
-    assert comparable(tmp_path / "one") == comparable(tmp_path / "full")
-    out = tmp_path / "killed"
-    proc = start_job(3, fed, out, *run_flags)
-    wait_for_round(out, 2, proc)
-    os.kill(rank_pids(str(out))[0], signal.SIGKILL)
-    finish(proc, 60)
-    assert len(comparable(out)) < 6  # rounds 0..5 when complete
-    assert "resuming at round" in train(2, fed, out, *run_flags, "--resume").stdout
-    np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "full"))
-    assert comparable(out) == comparable(tmp_path / "full")
+    assert_rank_independent_and_resumable(fed, tmp_path, run_flags, rounds=5, kill_after=2)

@@ -7,9 +7,7 @@ bit for bit; a kill -9 and a --resume on another rank count give the uninterrupt
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from fedmpi.data import Federation
 from fedmpi.models import build_model
-from helpers import comparable, final_weights, finish, launch, rank_pids, start_job, train, wait_for_round
+from helpers import assert_rank_independent_and_resumable, final_weights, launch, train
 
 ROOT = Path(__file__).resolve().parents[1]
 NOVA, DYN = "examples.algorithms.fednova:FedNova", "examples.algorithms.feddyn:FedDyn"
@@ -111,18 +109,7 @@ def test_a_user_algorithm_is_independent_of_the_rank_count_and_resumes_exactly(a
     """1 rank and 3 ranks: the same weights bit for bit; kill -9 after round 2 (of 6), --resume on 2 ranks:
     the uninterrupted run's weights and records (FedDyn's g_k and h come back from the checkpoint)."""
     flags = [*BASE, "--rounds", "6", "--checkpoint-every", "1", "--algorithm", algorithm]
-    train(1, fed, tmp_path / "one", *flags)
-    train(3, fed, tmp_path / "full", *flags)
-    np.testing.assert_array_equal(final_weights(tmp_path / "one"), final_weights(tmp_path / "full"))
-    out = tmp_path / "killed"
-    proc = start_job(3, fed, out, *flags)
-    wait_for_round(out, 2, proc)
-    os.kill(rank_pids(str(out))[0], signal.SIGKILL)
-    finish(proc, 60)
-    assert len(comparable(out)) < 7  # rounds 0..6 when complete
-    assert "resuming at round" in train(2, fed, out, *flags, "--resume").stdout
-    np.testing.assert_array_equal(final_weights(out), final_weights(tmp_path / "full"))
-    assert comparable(out) == comparable(tmp_path / "full")
+    assert_rank_independent_and_resumable(fed, tmp_path, flags, rounds=6, kill_after=2)
 
 
 def test_algorithm_args_are_recorded_and_a_resume_with_others_is_refused(fed, tmp_path):
