@@ -11,10 +11,14 @@ streams 4 and 5 (fedmpi.system), asynchronous execution's from stream 6
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fedmpi.errors import FedMPIError
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLING, CLIENT, EVALUATION = 0, 1, 3  # 2: DP's noise (fedmpi.algorithms.privacy)
 
@@ -67,6 +71,8 @@ def assign_to_workers(sampled: np.ndarray, sizes: np.ndarray, num_workers: int, 
 
 def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
     """The torch generator that shuffles client k's data in round t."""
+    import torch  # here, not at the top: fedmpi.comm imports this module before the OMP_NUM_THREADS check,
+    # and libgomp, which torch loads, complains about a bad value before fedmpi can say it in one line
     state = np.random.SeedSequence([CLIENT, seed, round_, client]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
