@@ -73,10 +73,11 @@ class SystemModel:
         `partial_work`: whether the algorithm uses a client's partial work (else drops such clients)."""
         self.cfg, self.sizes, self.partial_work = cfg, sizes, partial_work
         k = len(sizes)
-        self.speed, self.bandwidth, self.latency = speeds(cfg, k)
+        # per client, (K,) each: a number for all is a read-only view of it (no K-sized copy)
+        self.speed, bandwidth, latency = (np.broadcast_to(np.asarray(v, dtype=float), (k,)) for v in speeds(cfg, k))
+        self.upload = model_bytes / (bandwidth * MB) + latency  # seconds
         self.trace = read_trace(cfg.availability_trace, k) if cfg.availability_trace else None
         self.clock = 0.0  # virtual seconds at the end of the last planned round
-        self.upload = model_bytes / (self.bandwidth * MB) + self.latency  # (K,) or a number: seconds
         batch = cfg.batch_size
         self.per_epoch = np.where((batch == 0) | (sizes <= batch), 1, -(-sizes // max(batch, 1)))
 
@@ -125,7 +126,7 @@ class SystemModel:
             m = len(sampled)
             slow = rng.choice(m, m - int(round(m * (1 - cfg.stragglers))), replace=False)
             work[slow] = rng.integers(1, cfg.epochs, size=len(slow)) * per_epoch[slow]
-        speed, upload = self._of(self.speed, sampled), self._of(self.upload, sampled)
+        speed, upload = self.speed[sampled], self.upload[sampled]
         cut = np.zeros(len(sampled), dtype=bool)
         if cfg.deadline:
             fit = np.floor(np.maximum(cfg.deadline - upload, 0.0) * speed / cfg.step_seconds).astype(np.int64)
@@ -138,12 +139,7 @@ class SystemModel:
 
     def duration(self, k: int) -> float:
         """Client k's virtual seconds for its E epochs and upload."""
-        return float(self.cfg.epochs * self.per_epoch[k] * self.cfg.step_seconds / self._of(self.speed, [k])[0]
-                     + self._of(self.upload, [k])[0])
-
-    @staticmethod
-    def _of(values, sampled) -> np.ndarray:
-        return values[sampled] if isinstance(values, np.ndarray) else np.full(len(sampled), float(values))
+        return float(self.cfg.epochs * self.per_epoch[k] * self.cfg.step_seconds / self.speed[k] + self.upload[k])
 
 
 class Trace:
@@ -165,33 +161,48 @@ class Trace:
         return float(later.min()) if len(later) else t
 
 
+def read_csv(path: str, field: str, missing: str = "") -> tuple[list[dict], list[str]]:
+    """The rows of a CSV file with a header, and its columns; a file that is missing or is not UTF-8 CSV
+    is one line naming the config field."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise FedMPIError(f"config field '{field}': {path}: not found{missing}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise FedMPIError(f"config field '{field}': {path}: cannot read it as CSV text: {e}") from None
+    return rows, list(rows[0].keys()) if rows else []
+
+
+def client_id(value, line: int, num_clients: int, bad) -> int:
+    """A row's client id, one of the federation's 0..K−1."""
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        bad(f"line {line}: client must be an integer id, got {value!r}")
+    if not 0 <= k < num_clients:
+        bad(f"line {line}: client {k} is not one of the federation's 0..{num_clients - 1}")
+    return k
+
+
 def read_trace(path: str, num_clients: int) -> Trace:
     """A CSV file with the header client,start,end: one row per online interval (a client may have many)."""
     def bad(why):
         raise FedMPIError(f"config field 'availability_trace': {path}: {why}")
 
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            columns = list(rows[0].keys()) if rows else []
-    except FileNotFoundError:
-        bad("not found")
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        bad(f"cannot read it as CSV text: {e}")
+    rows, columns = read_csv(path, "availability_trace")
     if columns[:3] != ["client", "start", "end"]:
         bad(f"needs the header client,start,end (one row per online interval), got {columns}")
-    table = np.zeros((len(rows), 3))
+    clients, times = np.zeros(len(rows), dtype=np.int64), np.zeros((len(rows), 2))
     for line, row in enumerate(rows, start=2):
+        clients[line - 2] = client_id(row["client"], line, num_clients, bad)
         try:
-            table[line - 2] = [float(row[name]) for name in ("client", "start", "end")]
+            start, end = times[line - 2] = [float(row["start"]), float(row["end"])]
         except (TypeError, ValueError):
-            bad(f"line {line}: client, start and end must be numbers, got {[row.get(n) for n in columns[:3]]}")
-        k, start, end = table[line - 2]
-        if not (math.isfinite(k) and k == int(k) and 0 <= k < num_clients):
-            bad(f"line {line}: client {row['client']} is not one of the federation's 0..{num_clients - 1}")
+            bad(f"line {line}: start and end must be numbers, got {row['start']!r}, {row['end']!r}")
         if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
             bad(f"line {line}: an interval needs 0 <= start < end (virtual seconds), got {start:g}, {end:g}")
-    return Trace(table[:, 0].astype(np.int64), table[:, 1], table[:, 2], num_clients)
+    return Trace(clients, times[:, 0], times[:, 1], num_clients)
 
 
 def speeds(cfg, num_clients: int):
@@ -210,24 +221,12 @@ def read_speeds(path: str, num_clients: int, bandwidth: float, latency: float):
     def bad(why):
         raise FedMPIError(f"config field 'client_speed': {path}: {why}")
 
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            columns = rows[0].keys() if rows else []
-    except FileNotFoundError:
-        bad("not found (give constant, lognormal, or a CSV file of per-client speeds)")
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        bad(f"cannot read it as CSV text: {e}")
+    rows, columns = read_csv(path, "client_speed", " (give constant, lognormal, or a CSV file of per-client speeds)")
     if "client" not in columns or "speed" not in columns:
-        bad(f"needs a header with the columns client and speed (optional: bandwidth, latency), got {list(columns)}")
+        bad(f"needs a header with the columns client and speed (optional: bandwidth, latency), got {columns}")
     values = {name: np.full(num_clients, np.nan) for name in ("speed", "bandwidth", "latency") if name in columns}
     for line, row in enumerate(rows, start=2):
-        try:
-            k = int(row["client"])
-        except (TypeError, ValueError):
-            bad(f"line {line}: client must be an integer id, got {row['client']!r}")
-        if not 0 <= k < num_clients:
-            bad(f"line {line}: client {k} is not one of the federation's 0..{num_clients - 1}")
+        k = client_id(row["client"], line, num_clients, bad)
         if not math.isnan(values["speed"][k]):
             bad(f"line {line}: client {k} is listed twice")
         for name, column in values.items():

@@ -17,21 +17,21 @@ run() { local name=$1; shift
         echo "== $(date -u +%H:%M:%S) $name: $*"; $FED "$@" --out "$RUNS/$name" --resume \
         > "$RUNS/$name.log" 2>&1; echo "   exit $? $(tail -1 "$RUNS/$name.log")"; }
 
+# FedAvg, FedProx mu = 0 and mu = 1 at 0, 50 and 90 % stragglers: stragglers PREFIX SETTINGS...
+stragglers() { local prefix=$1; shift
+  for f in 0 0.5 0.9; do
+    run ${prefix}_s${f}_fedavg     "$@" --stragglers $f
+    [ $f = 0 ] || run ${prefix}_s${f}_fedprox0 "$@" --stragglers $f --algorithm fedprox --prox-mu 0  # = FedAvg at F = 0
+    run ${prefix}_s${f}_fedprox1   "$@" --stragglers $f --algorithm fedprox --prox-mu 1
+  done; }
+
 for part in $PARTS; do case $part in
 synth)  # FedProx paper Figure 1, Synthetic(1,1): 30 clients, 10 a round, E = 20, B = 10, eta = 0.01
   S="--data $DATA/synth11-30 --model mlp --fraction 0.34 --epochs 20 --batch-size 10 --lr 0.01 --rounds 80 --seed 0"
-  for f in 0 0.5 0.9; do
-    run synth_s${f}_fedavg     $S --stragglers $f
-    [ $f = 0 ] || run synth_s${f}_fedprox0 $S --stragglers $f --algorithm fedprox --prox-mu 0  # = FedAvg at F = 0
-    run synth_s${f}_fedprox1   $S --stragglers $f --algorithm fedprox --prox-mu 1
-  done ;;
+  stragglers synth $S ;;
 mnist)  # the same on pathological non-IID MNIST, 2NN, E = 20, B = 50 (scaled from B = 10), eta = 0.05
   M="--data $DATA/mnist-shards-100 --model 2nn --fraction 0.1 --epochs 20 --batch-size 50 --lr 0.05 --rounds 50 --seed 0"
-  for f in 0 0.5 0.9; do
-    run mnist_s${f}_fedavg     $M --stragglers $f
-    [ $f = 0 ] || run mnist_s${f}_fedprox0 $M --stragglers $f --algorithm fedprox --prox-mu 0  # = FedAvg at F = 0
-    run mnist_s${f}_fedprox1   $M --stragglers $f --algorithm fedprox --prox-mu 1
-  done ;;
+  stragglers mnist $M ;;
 time)  # virtual seconds to 95 % on non-IID MNIST, 2NN, E = 1, B = 10, eta = 0.1, lognormal speeds sigma = 1
   SEED=${SEED:-0}; X=$([ "$SEED" = 0 ] || echo "_seed$SEED")
   T="--data $DATA/mnist-shards-100 --model 2nn --epochs 1 --batch-size 10 --lr 0.1 --seed $SEED \
