@@ -47,9 +47,10 @@ def check_one_world(comm, stops) -> bool:
     return True
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, exiting: bool = False) -> int:
     """One job, on every rank; returns its exit status. Called again in the same process (fedmpi.run),
-    it starts a new job: the run folder's lock, the signal handlers and the set-up watchdog end with it."""
+    it starts a new job: the run folder's lock, the signal handlers and the set-up watchdog end with it.
+    `exiting` (python -m fedmpi): the process exits next, so stop signals are then ignored, not restored."""
     from fedmpi.config import DEFAULT_SETUP_TIMEOUT_S
     from fedmpi.signals import StopRequests
     from fedmpi.startup import Startup
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         startup.finish()
         if startup.folder:
             startup.folder.unlock()
-        stops.restore()
+        stops.ignore() if exiting else stops.restore()
 
 
 def _job(argv, stops, startup) -> int:

@@ -93,7 +93,7 @@ def add(self, k, slot, delta, *args):
     return original_add(self, k, slot, delta, *args)
 fedmpi.worker.Worker.step, fedmpi.worker.Worker._add = step, add
 from fedmpi.cli import main
-sys.exit(main())
+sys.exit(main(exiting=True))
 """
 
 

@@ -55,7 +55,7 @@ def report(cfg, fed, comm, *args):  # fedmpi's own placement, written by every r
         f"node {comm.layout[comm.rank][0]} local rank {comm.local_rank} {role}")
     return prepare(cfg, fed, comm, *args)
 fedmpi.job.prepare = report
-sys.exit(main())
+sys.exit(main(exiting=True))
 """
 FLAGS = ["--rounds", "3", "--fraction", "0.3", "--batch-size", "50", "--threads", "1", "--seed", "5"]
 

@@ -183,7 +183,7 @@ def counted(self, name, *args, **kwargs):  # every HDF5 file a rank opens by nam
     return opened(self, name, *args, **kwargs)
 h5py.File.__init__ = counted
 from fedmpi.cli import main
-sys.exit(main())
+sys.exit(main(exiting=True))
 """
 
 
