@@ -341,9 +341,9 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         bad("stragglers", f"a straggler does 1 to E−1 local epochs, so it needs epochs >= 2, got E = {cfg.epochs}")
     if not (math.isfinite(cfg.availability) and 0 < cfg.availability <= 1):
         bad("availability", f"must lie in (0, 1] (1 = always online), got {cfg.availability}")
-    if cfg.dp_clip and (cfg.availability < 1 or cfg.availability_trace):
+    if cfg.dp_clip and cfg.execution != "async" and (cfg.availability < 1 or cfg.availability_trace):
         bad("dp_clip", "DP's ε assumes m clients sampled uniformly from all K; it cannot be stated with "
-            "availability < 1 or an availability trace")
+            "availability < 1 or an availability trace (asynchronous execution claims no sampling, so it can)")
     if cfg.execution not in EXECUTIONS:
         bad("execution", f"choose one of {', '.join(EXECUTIONS)}, got {cfg.execution!r}")
     if cfg.staleness not in STALENESS:
@@ -354,7 +354,7 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         if not 1 <= cfg.buffer_size <= cfg.concurrency:
             bad("buffer_size", f"must lie in 1..concurrency ({cfg.concurrency}): a buffer fills with updates of "
                 f"clients that trained at once, got {cfg.buffer_size}")
-        for name in ("stragglers", "deadline", "dp_clip", "availability_trace"):
+        for name in ("stragglers", "deadline", "availability_trace"):
             if getattr(cfg, name):
                 bad(name, "is for synchronous rounds; asynchronous execution (execution = async) does not take it")
 

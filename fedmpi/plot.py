@@ -1,6 +1,6 @@
 """Plots from run folders and scaling CSVs (matplotlib, no display needed).
 
-    python -m fedmpi.plot runs/a runs/b -o accuracy.png [--target 0.99]   # test accuracy vs round
+    python -m fedmpi.plot runs/a runs/b -o accuracy.png [--target 0.99] [--x virtual_time]   # test accuracy
     python -m fedmpi.plot table runs/sweep/* [--target 0.99] [--best-lr] [-o table.md]
     python -m fedmpi.plot scaling results.csv [more.csv] -o scaling.png [--cores N]
     python -m fedmpi.plot clients runs/a [runs/b] -o clients.png [--round R]   # per-client accuracy
@@ -29,8 +29,22 @@ PARTS = [("compute_s", "compute (per worker)"), ("wait_s", "wait: slowest worker
          ("bcast_s", "broadcast"), ("server_s", "server update, logging")]
 
 
+def accuracy_curve(run: Path, x: str = "round") -> list[tuple[float, float]]:
+    """(round or virtual_time, test accuracy in %) of each evaluated round; round 0 is at virtual time 0."""
+    points = []
+    for r in read_metrics(run):
+        if "test_accuracy" not in r:
+            continue
+        if x == "virtual_time" and r["round"] and "virtual_time" not in r:
+            raise FedMPIError(f"{run}: round {r['round']} has no virtual_time (a run from before the simulated clock)")
+        points.append((r["round"] if x == "round" else r.get("virtual_time", 0.0), 100 * r["test_accuracy"]))
+    if not points:
+        raise FedMPIError(f"{run}: no evaluated rounds in metrics.jsonl")
+    return points
+
+
 def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target: float | None = None,
-                  log_x: bool = False) -> None:
+                  log_x: bool = False, x: str = "round") -> None:
     runs = [run for run in runs if (Path(run) / "config.toml").is_file()]  # a sweep's plan/ is no run
     if not runs:
         raise FedMPIError("no run folders among the arguments")
@@ -38,9 +52,7 @@ def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target:
     lowest = 100.0
     one_parent = len({Path(run).resolve().parent for run in runs}) == 1
     for run in runs:
-        points = [(r["round"], 100 * r["test_accuracy"]) for r in read_metrics(run) if "test_accuracy" in r]
-        if not points:
-            raise FedMPIError(f"{run}: no evaluated rounds in metrics.jsonl")
+        points = accuracy_curve(run, x)
         label = Path(run).name if one_parent else f"{Path(run).resolve().parent.name}/{Path(run).name}"
         ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=label)
         lowest = min(lowest, points[min(len(points) - 1, 1)][1])
@@ -51,7 +63,7 @@ def plot_accuracy(runs: list[Path], out: Path, title: str | None = None, target:
     if log_x:
         ax.set_xscale("symlog", linthresh=1)  # round 0 stays on the axis
         ax.set_xlim(left=0)
-    ax.set_xlabel("communication round")
+    ax.set_xlabel("communication round" if x == "round" else "virtual time (s, the simulated clock)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7 if len(runs) > 6 else None)
@@ -250,13 +262,16 @@ def main(argv: list[str]) -> int:
         p.add_argument("--cores", type=int, help="mark the machine's core count")
     else:
         p.add_argument("--target", type=accuracy, help="draw the target accuracy, e.g. 0.99, and zoom to it")
-        p.add_argument("--log-x", action="store_true", help="logarithmic round axis (runs of very different length)")
+        p.add_argument("--log-x", action="store_true", help="logarithmic x axis (runs of very different length)")
+        p.add_argument("--x", choices=("round", "virtual_time"), default="round",
+                       help="x axis: the round (default), or virtual_time on the simulated clock (heterogeneous or "
+                       "asynchronous clients: README)")
     try:
         args = p.parse_args(argv[1:] if scaling else argv)
         if scaling:
             plot_scaling(args.inputs, args.output, args.cores, args.title)
         else:
-            plot_accuracy(args.inputs, args.output, args.title, args.target, args.log_x)
+            plot_accuracy(args.inputs, args.output, args.title, args.target, args.log_x, args.x)
     except FedMPIError as e:
         print(f"fedmpi.plot: error: {e}", file=sys.stderr)
         return 2

@@ -10,12 +10,19 @@ version kept since its start, the reference trains a client when it starts. Afte
 clients of unequal sizes fedmpi on 3 ranks agrees to 1e-9, with the same buffers, staleness (some > 0)
 and virtual times. 1 rank and 3 give the same weights bit for bit; a kill -9 mid-stream and a --resume
 on another rank count give the uninterrupted run.
+
+With DP (DP-FedBuff): each update clipped to S, then weighted, and N(0, (zS)²) from SeedSequence([2, seed, t])
+added to the buffer's sum before it is divided by buffer_size; ε after each server update is that of the
+client in the most buffers so far, N of them: N composed Gaussians of noise multiplier z/2, which the test
+asks dp-accounting's PLD accountant for.
 """
 from __future__ import annotations
 
 import heapq
+import json
 import math
 
+import dp_accounting
 import numpy as np
 import pytest
 import torch
@@ -36,8 +43,9 @@ def fed(federation):
     return federation(clients=40, unbalance=1.0)  # 40 clients of 60 to 6,000 examples
 
 
-def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int):
-    """Sequential FedBuff in float64: the final weights and, per server update, (clients, staleness, time)."""
+def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[float, float] | None = None):
+    """Sequential FedBuff in float64 (DP-FedBuff with dp = (S, z)): the final weights and, per server update,
+    (clients, staleness, time)."""
     fed = Federation(fed_dir)
     model = build_model("2nn", fed.input_shape, fed.num_classes, SEED).double()
     params = list(model.parameters())
@@ -86,29 +94,58 @@ def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int):
         busy.discard(k)
         buffered.append((k, version - began, delta))
         if len(buffered) == buffer_size:
-            w = w + sum(d / math.sqrt(1 + tau) for _, tau, d in buffered) / buffer_size
+            if dp:
+                clip, z = dp
+                total = sum(d * min(1.0, clip / float(d.norm())) / math.sqrt(1 + tau) for _, tau, d in buffered)
+                total += torch.from_numpy(np.random.default_rng(np.random.SeedSequence([2, SEED, len(updates) + 1]))
+                                          .normal(0.0, z * clip, len(w)))
+            else:
+                total = sum(d / math.sqrt(1 + tau) for _, tau, d in buffered)
+            w = w + total / buffer_size
             updates.append(([k for k, _, _ in buffered], [tau for _, tau, _ in buffered], now))
             buffered, version = [], version + 1
         start()
     return w.numpy(), updates
 
 
-def test_async_fedbuff_equals_a_sequential_event_driven_fedbuff(fed, tmp_path):
-    rounds, concurrency, buffer_size = 4, 8, 3
+def pld_epsilon(z: float, releases: int, delta: float) -> float:
+    """dp-accounting's PLD accountant: `releases` Gaussians whose mean moves by 1 (2S) against std z/2 (zS)."""
+    accountant = dp_accounting.pld.PLDAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z / 2), releases))
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("dp, concurrency", [(None, 8), ((0.5, 3.0), 6)], ids=["fedbuff", "dp-fedbuff"])
+def test_async_fedbuff_equals_a_sequential_event_driven_fedbuff(dp, concurrency, fed, tmp_path):
+    """DP-FedBuff with 6 clients at once: one client is in two of the 4 buffers."""
+    rounds, buffer_size = 4, 3
+    dp_flags = ["--dp-clip", str(dp[0]), "--dp-noise-multiplier", str(dp[1]), "--dp-delta", "1e-5"] if dp else []
     train(3, fed, tmp_path / "run", *BASE, "--rounds", str(rounds), "--precision", "float64",
-          "--concurrency", str(concurrency), "--buffer-size", str(buffer_size))
-    expected, updates = fedbuff(fed, rounds, concurrency, buffer_size)
+          "--concurrency", str(concurrency), "--buffer-size", str(buffer_size), *dp_flags)
+    expected, updates = fedbuff(fed, rounds, concurrency, buffer_size, dp)
     records = [r for r in comparable(tmp_path / "run") if r["round"] > 0]
     assert [r["clients"] for r in records] == [u[0] for u in updates]
     assert [r["staleness"] for r in records] == [u[1] for u in updates]
     assert max(max(u[1]) for u in updates) > 0  # stale updates were discounted
     np.testing.assert_allclose([r["virtual_time"] for r in records], [u[2] for u in updates], rtol=1e-12)
     assert np.abs(final_weights(tmp_path / "run") - expected).max() < 1e-9
+    if dp:  # ε: of the client in the most buffers so far; PLD's ε is an upper bound, within 1e-6 of the exact one
+        most = [int(np.bincount(np.concatenate([u[0] for u in updates[:t]])).max()) for t in range(1, rounds + 1)]
+        assert most[-1] > 1  # a client took part twice
+        for record, n in zip(records, most):
+            assert pld_epsilon(dp[1], n, 1e-5) * (1 - 1e-6) <= record["epsilon"] <= pld_epsilon(dp[1], n, 1e-5)
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["dp"] == {"epsilon": records[-1]["epsilon"], "delta": 1e-5, "noise_multiplier": dp[1],
+                                 "clip": dp[0], "sampling": "none claimed (asynchronous: the buffers follow from "
+                                 "the seed and the system model)", "neighbouring": "replace-one",
+                                 "accountant": "Gaussian DP, exact (Dong, Roth and Su 2022)",
+                                 "most_participations": most[-1]}
 
 
 def test_async_runs_do_not_depend_on_the_rank_count_and_resume_exactly(fed, tmp_path):
-    """float32: 1 rank and 3 ranks give the same weights bit for bit; kill -9 after server update 3 (of 8),
-    --resume on 2 ranks: the uninterrupted run's weights and records (the model versions that clients
-    in flight started from come back from the checkpoint)."""
-    run_flags = [*BASE, "--rounds", "8", "--checkpoint-every", "1", "--concurrency", "12", "--buffer-size", "4"]
+    """float32 DP-FedBuff: 1 rank and 3 ranks give the same weights bit for bit; kill -9 after server update 3
+    (of 8), --resume on 2 ranks: the uninterrupted run's weights and records, ε included (the model versions
+    that clients in flight started from, and how often each client took part, come back from the checkpoint)."""
+    run_flags = [*BASE, "--rounds", "8", "--checkpoint-every", "1", "--concurrency", "12", "--buffer-size", "4",
+                 "--dp-clip", "1", "--dp-noise-multiplier", "0.5"]
     assert_rank_independent_and_resumable(fed, tmp_path, run_flags, rounds=8, kill_after=3)

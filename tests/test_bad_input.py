@@ -443,7 +443,6 @@ for _name, _flags, _expect in [
     ("async concurrency > K", ["--concurrency", "11", "--buffer-size", "2"], ["'concurrency'", "11", "only 10"]),
     ("async with stragglers", ["--stragglers", "0.5", "--epochs", "2"], ["'stragglers'", "synchronous rounds"]),
     ("async with a deadline", ["--deadline", "10"], ["'deadline'", "synchronous rounds"]),
-    ("async with DP", ["--dp-clip", "1", "--dp-noise-multiplier", "1"], ["'dp_clip'", "synchronous rounds"]),
     ("async with SCAFFOLD", ["--algorithm", "scaffold"], ["'execution'", "SCAFFOLD cannot run asynchronously"]),
     ("async with an availability trace", ["--availability-trace", "t.csv"],
      ["'availability_trace'", "synchronous rounds"]),

@@ -164,6 +164,24 @@ def test_accuracy_plot_with_target_writes_a_png(sweep_folder, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_accuracy_against_virtual_time_puts_each_round_at_its_clock(sweep_folder, tmp_path):
+    """--x virtual_time: round t at its record's virtual_time (round 0 at 0); a run whose records have no
+    clock is one line."""
+    from fedmpi.plot import accuracy_curve
+    run = make_run(tmp_path / "timed", [0.1, 0.8, 0.9])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r, clock in zip(records[1:], (4.5, 7.25)):
+        r["virtual_time"] = clock
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert accuracy_curve(run, "virtual_time") == [(0.0, 10.0), (4.5, 80.0), (7.25, 90.0)]
+    out = tmp_path / "t.png"
+    r = plot(run, "--x", "virtual_time", "-o", out)
+    assert r.returncode == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr
+    r = plot(sweep_folder / "E1_lr0.1", "--x", "virtual_time", "-o", tmp_path / "u.png")
+    assert r.returncode == 2 and r.stderr == (f"fedmpi.plot: error: {sweep_folder / 'E1_lr0.1'}: round 1 has no "
+                                              "virtual_time (a run from before the simulated clock)\n"), r.stderr
+
+
 def test_accuracy_plot_of_a_whole_sweep_folder_skips_its_plan(sweep_folder, tmp_path):
     """`python -m fedmpi.plot SWEEP/*` met the sweep's plan/ folder and failed."""
     (sweep_folder / "plan").mkdir()
