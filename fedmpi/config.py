@@ -124,7 +124,8 @@ class RunConfig:
     availability: float = _field(1.0, "the probability that a client is online when a round starts (async: when it "
                                  "would start), drawn anew each time; rounds sample among those online")
     availability_trace: str = _field("", "a CSV file of online intervals (client,start,end in virtual seconds; "
-                                     "clients without a row are always online); sync only")
+                                     "clients without a row are always online; async: a client starts only while "
+                                     "online)")
     execution: str = _field("sync", "sync (rounds of C·K clients) | async (FedBuff: concurrency clients train at "
                             "once, every buffer_size finished updates make one server update, a round; "
                             "fedmpi/schedule.py)", label="", table="setting")
@@ -354,7 +355,7 @@ def _validate_system(cfg: RunConfig, bad) -> None:
         if not 1 <= cfg.buffer_size <= cfg.concurrency:
             bad("buffer_size", f"must lie in 1..concurrency ({cfg.concurrency}): a buffer fills with updates of "
                 f"clients that trained at once, got {cfg.buffer_size}")
-        for name in ("stragglers", "deadline", "availability_trace"):
+        for name in ("stragglers", "deadline"):
             if getattr(cfg, name):
                 bad(name, "is for synchronous rounds; asynchronous execution (execution = async) does not take it")
 

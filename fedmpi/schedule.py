@@ -20,8 +20,11 @@ and nothing waits on a single client.
 
 Randomness (fedmpi.fedavg's contract): the clients drawn from
 SeedSequence([6, seed]), one numpy default_rng for the run: each start draws
-rng.integers(K) until the client is not training already and, with
-availability p < 1, then rng.random() < p (else it draws again); client k's
+rng.integers(K) until the client is not training already, is online in the
+`availability_trace` (if any) at the start's virtual time and, with
+availability p < 1, then rng.random() < p (else it draws again). When the
+trace has no free client online then, the start waits for the trace's next
+interval start (at equal times after the finishes); client k's
 shuffling in its j-th start of the run (j = 1, 2, ... over all clients) from
 SeedSequence([1, seed, j, k]). Ties in finish time go to the earlier start.
 """
@@ -37,6 +40,7 @@ from fedmpi.errors import FedMPIError
 from fedmpi.system import RoundPlan, SystemModel
 
 ASYNC_SAMPLING = 6  # fedmpi.fedavg's SeedSequence streams 0-3, fedmpi.system's 4-5, then this
+WAITING = -1  # the client of a start that waits for the trace's next interval
 
 
 def discount(staleness: str, tau: int) -> float:
@@ -67,11 +71,23 @@ class AsyncSchedule:
         self.buffers: list[Buffer] = []
         for _ in range(cfg.concurrency):
             self._start()
+        if system.trace is not None:  # a trace that runs dry is one line in set-up, not an error mid-run
+            self.buffer(cfg.rounds)
 
     def _start(self) -> None:
-        """A new client, drawn uniformly among those not training and online (`availability`)."""
+        """A new client, drawn uniformly among those not training and online (`availability`, the trace)."""
+        trace = self.system.trace
+        if trace is not None:
+            free = trace.online(self.time)
+            free[list(self.busy)] = False
+            if not free.any():
+                later = trace.next_start(self.time)
+                if later > self.time:  # else no interval comes: the slot stays empty
+                    heapq.heappush(self.training, (later, math.inf, WAITING, WAITING))
+                return
         k = int(self.rng.integers(self.num_clients))
-        while k in self.busy or (self.cfg.availability < 1 and self.rng.random() >= self.cfg.availability):
+        while k in self.busy or (trace is not None and not free[k]) or \
+                (self.cfg.availability < 1 and self.rng.random() >= self.cfg.availability):
             k = int(self.rng.integers(self.num_clients))
         self.started += 1
         self.busy.add(k)
@@ -80,7 +96,15 @@ class AsyncSchedule:
     def _fill(self) -> None:
         buffer = Buffer([], [], [], 0.0)
         while len(buffer.clients) < self.cfg.buffer_size:
+            if not self.training:
+                raise FedMPIError(f"config field 'availability_trace': {self.cfg.availability_trace} has no client "
+                                  f"online after virtual time {self.time:g} s, so server update "
+                                  f"{len(self.buffers) + 1} of {self.cfg.rounds} never fills its buffer of "
+                                  f"{self.cfg.buffer_size}; extend the trace or lower rounds")
             self.time, start, k, version = heapq.heappop(self.training)
+            if k == WAITING:
+                self._start()
+                continue
             self.busy.discard(k)
             buffer.clients.append(k)
             buffer.versions.append(version)
@@ -110,7 +134,7 @@ class AsyncSchedule:
         """The model versions that server updates after `after` (already generated through it) train from."""
         self.buffer(after)
         later = {v for b in self.buffers[after:] for v in b.versions}
-        return later | {version for *_, version in self.training}
+        return later | {version for *_, version in self.training if version != WAITING}
 
 
 class VersionStore:

@@ -9,7 +9,8 @@ Unlike fedmpi, which trains each buffered client at the server update that uses 
 version kept since its start, the reference trains a client when it starts. After 4 server updates of
 clients of unequal sizes fedmpi on 3 ranks agrees to 1e-9, with the same buffers, staleness (some > 0)
 and virtual times. 1 rank and 3 give the same weights bit for bit; a kill -9 mid-stream and a --resume
-on another rank count give the uninterrupted run.
+on another rank count give the uninterrupted run. With an availability trace, a client starts only within one
+of its intervals, and a start with no free client online waits for the next interval.
 
 With DP (DP-FedBuff): each update clipped to S, then weighted, and N(0, (zS)²) from SeedSequence([2, seed, t])
 added to the buffer's sum before it is divided by buffer_size; ε after each server update is that of the
@@ -43,9 +44,11 @@ def fed(federation):
     return federation(clients=40, unbalance=1.0)  # 40 clients of 60 to 6,000 examples
 
 
-def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[float, float] | None = None):
-    """Sequential FedBuff in float64 (DP-FedBuff with dp = (S, z)): the final weights and, per server update,
-    (clients, staleness, time)."""
+def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[float, float] | None = None,
+            trace: np.ndarray | None = None):
+    """Sequential FedBuff in float64 (DP-FedBuff with dp = (S, z); with a trace, rows (client, start, end), a
+    client starts only within one of its intervals, and a start with none online waits for the next interval):
+    the final weights, per server update (clients, staleness, time), and how many starts waited."""
     fed = Federation(fed_dir)
     model = build_model("2nn", fed.input_shape, fed.num_classes, SEED).double()
     params = list(model.parameters())
@@ -74,12 +77,20 @@ def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[
         return torch.cat([p.detach().reshape(-1) for p in params]) - w
 
     rng = np.random.default_rng(np.random.SeedSequence([6, SEED]))
-    running, busy, now, version, started = [], set(), 0.0, 0, 0
+    running, busy, now, version, started, waited = [], set(), 0.0, 0, 0, 0
 
     def start():
-        nonlocal started
+        nonlocal started, waited
+        if trace is not None:
+            online = {int(c) for c, a, b in trace if a <= now < b} | (set(range(K)) - set(trace[:, 0].astype(int)))
+            if not online - busy:
+                waited += 1
+                later = trace[trace[:, 1] > now, 1]
+                if len(later):  # after the finishes at that time; the started number breaks no tie with them
+                    heapq.heappush(running, (later.min(), math.inf, -1, -1, None))
+                return
         k = int(rng.integers(K))
-        while k in busy:
+        while k in busy or (trace is not None and k not in online):
             k = int(rng.integers(K))
         started += 1
         busy.add(k)
@@ -91,6 +102,9 @@ def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[
     updates, buffered = [], []
     while len(updates) < rounds:
         now, _, k, began, delta = heapq.heappop(running)
+        if k < 0:  # a start that waited for the trace
+            start()
+            continue
         busy.discard(k)
         buffered.append((k, version - began, delta))
         if len(buffered) == buffer_size:
@@ -105,7 +119,7 @@ def fedbuff(fed_dir, rounds: int, concurrency: int, buffer_size: int, dp: tuple[
             updates.append(([k for k, _, _ in buffered], [tau for _, tau, _ in buffered], now))
             buffered, version = [], version + 1
         start()
-    return w.numpy(), updates
+    return w.numpy(), updates, waited
 
 
 def pld_epsilon(z: float, releases: int, delta: float) -> float:
@@ -115,14 +129,26 @@ def pld_epsilon(z: float, releases: int, delta: float) -> float:
     return accountant.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("dp, concurrency", [(None, 8), ((0.5, 3.0), 6)], ids=["fedbuff", "dp-fedbuff"])
-def test_async_fedbuff_equals_a_sequential_event_driven_fedbuff(dp, concurrency, fed, tmp_path):
+def write_trace(path) -> np.ndarray:
+    """Every client online in [0, 2) s; then odd clients from 4 s and even ones from 5 s: the starts between
+    2 and 4 s wait, and at 4 s only odd clients may start."""
+    rows = [(k, 0.0, 2.0) for k in range(40)] + [(k, 4.0 + (k % 2 == 0), 1e3) for k in range(40)]
+    path.write_text("client,start,end\n" + "".join(f"{k},{a},{b}\n" for k, a, b in rows))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("dp, concurrency, trace", [(None, 8, False), ((0.5, 3.0), 6, False), (None, 8, True)],
+                         ids=["fedbuff", "dp-fedbuff", "fedbuff-with-a-trace"])
+def test_async_fedbuff_equals_a_sequential_event_driven_fedbuff(dp, concurrency, trace, fed, tmp_path):
     """DP-FedBuff with 6 clients at once: one client is in two of the 4 buffers."""
     rounds, buffer_size = 4, 3
     dp_flags = ["--dp-clip", str(dp[0]), "--dp-noise-multiplier", str(dp[1]), "--dp-delta", "1e-5"] if dp else []
+    intervals = write_trace(tmp_path / "trace.csv") if trace else None
+    trace_flags = ["--availability-trace", str(tmp_path / "trace.csv")] if trace else []
     train(3, fed, tmp_path / "run", *BASE, "--rounds", str(rounds), "--precision", "float64",
-          "--concurrency", str(concurrency), "--buffer-size", str(buffer_size), *dp_flags)
-    expected, updates = fedbuff(fed, rounds, concurrency, buffer_size, dp)
+          "--concurrency", str(concurrency), "--buffer-size", str(buffer_size), *dp_flags, *trace_flags)
+    expected, updates, waited = fedbuff(fed, rounds, concurrency, buffer_size, dp, intervals)
+    assert (waited > 0) == trace
     records = [r for r in comparable(tmp_path / "run") if r["round"] > 0]
     assert [r["clients"] for r in records] == [u[0] for u in updates]
     assert [r["staleness"] for r in records] == [u[1] for u in updates]

@@ -444,8 +444,6 @@ for _name, _flags, _expect in [
     ("async with stragglers", ["--stragglers", "0.5", "--epochs", "2"], ["'stragglers'", "synchronous rounds"]),
     ("async with a deadline", ["--deadline", "10"], ["'deadline'", "synchronous rounds"]),
     ("async with SCAFFOLD", ["--algorithm", "scaffold"], ["'execution'", "SCAFFOLD cannot run asynchronously"]),
-    ("async with an availability trace", ["--availability-trace", "t.csv"],
-     ["'availability_trace'", "synchronous rounds"]),
 ]:
     case(_name)(lambda c, flags=_flags, expect=_expect:
                 Case(["--data", str(c.fed), "--execution", "async", *flags], expect))
@@ -482,6 +480,16 @@ for _name, _text, _expect in [
         return Case(["--data", str(c.fed), "--availability-trace", str(path)],
                     ["'availability_trace'", "trace.csv", *expect])
     case(_name)(_trace_case)
+
+
+@case("async with a trace that runs dry")
+def _(c):
+    path = c.tmp / "trace.csv"
+    path.write_text("client,start,end\n" + "".join(f"{k},0,1\n" for k in range(10)))  # all offline after 1 s
+    return Case(["--data", str(c.fed), "--availability-trace", str(path), "--execution", "async", "--concurrency",
+                 "4", "--buffer-size", "3", "--rounds", "5"],
+                ["'availability_trace'", "trace.csv", "no client online after virtual time", "server update 2 of 5",
+                 "buffer of 3", "extend the trace or lower rounds"])
 
 
 @case("DP with availability")
