@@ -71,6 +71,7 @@ def _job(argv, stops, startup) -> int:
     from fedmpi.config import build_config
     from fedmpi.data import Federation
     from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
+    from fedmpi.system import check_inputs
 
     comm = startup.comm = Comm()
     startup.begin("reading the config and the federation")
@@ -90,6 +91,7 @@ def _job(argv, stops, startup) -> int:
         fed = Federation(cfg.data)
         if cfg.eval_clients:
             fed.require_client_tests()
+        check_inputs(cfg, fed.num_clients)
         if comm.is_server:
             startup.folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
     except BaseException as e:  # agreed on below (SystemExit and KeyboardInterrupt too): no rank waits for it

@@ -60,9 +60,7 @@ class AsyncSchedule:
     """The buffers of the run's server updates, generated as far as asked (`plan`)."""
 
     def __init__(self, cfg, system: SystemModel, num_clients: int):
-        if cfg.concurrency > num_clients:
-            raise FedMPIError(f"config field 'concurrency': {cfg.concurrency} clients training at once, but the "
-                              f"federation has only {num_clients}")
+        """`cfg.concurrency` <= `num_clients` (system.check_inputs)."""
         self.cfg, self.system, self.num_clients = cfg, system, num_clients
         self.rng = np.random.default_rng(np.random.SeedSequence([ASYNC_SAMPLING, cfg.seed]))
         self.training: list[tuple[float, int, int, int]] = []  # a heap of (finish, start number, client, version)

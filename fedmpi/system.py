@@ -205,6 +205,17 @@ def read_trace(path: str, num_clients: int) -> Trace:
     return Trace(clients, times[:, 0], times[:, 1], num_clients)
 
 
+def check_inputs(cfg, num_clients: int) -> None:
+    """Read the speeds CSV and the availability trace before torch is imported, so that a mistake in either
+    is one line within a second; SystemModel reads them again in set-up."""
+    speeds(cfg, num_clients)
+    if cfg.availability_trace:
+        read_trace(cfg.availability_trace, num_clients)
+    if cfg.execution == "async" and cfg.concurrency > num_clients:
+        raise FedMPIError(f"config field 'concurrency': {cfg.concurrency} clients training at once, but the "
+                          f"federation has only {num_clients}")
+
+
 def speeds(cfg, num_clients: int):
     """(speed, bandwidth in MB/s, latency in s) of the K clients: each an array (K,) or one number for all."""
     if cfg.client_speed == "constant":
