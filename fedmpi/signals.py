@@ -25,11 +25,12 @@ class StopRequests:
             signal.signal(sig, handler)
 
     def ignore(self) -> None:
-        """Ignore stop signals from here to the process's exit: the job is over and its status agreed.
+        """Ignore SIGTERM and SIGUSR1 from here to the process's exit: the job is over and its status agreed.
         srun --kill-on-bad-exit sends SIGTERM to the ranks still exiting once one rank has exited 75
-        (or 3); killed by it, they would turn that status into a signal's and the job would not requeue."""
-        for sig in self._previous:
-            signal.signal(sig, signal.SIG_IGN)
+        (or 3); killed by it, they would turn that status into a signal's and the job would not requeue.
+        Ctrl-C gets its handler from before back, so that it still ends a process stuck in its exit."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if sig == signal.SIGINT else signal.SIG_IGN)
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT:
