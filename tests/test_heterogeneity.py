@@ -23,7 +23,7 @@ from fedmpi.data import Federation
 from fedmpi.models import build_model
 from helpers import assert_rank_independent_and_resumable, comparable, final_weights, train
 
-C, E, B, LR, ROUNDS, SEED = 0.25, 3, 50, 0.05, 3, 3
+C, E, B, LR, ROUNDS, SEED = 0.25, 2, 50, 0.05, 3, 3
 STEP_SECONDS, BANDWIDTH, LATENCY = 0.05, 1.0, 0.05  # the defaults
 BASE = ["--fraction", str(C), "--epochs", str(E), "--batch-size", str(B), "--lr", str(LR), "--seed", str(SEED),
         "--threads", "1", "--eval-every", "100"]
