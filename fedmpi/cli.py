@@ -70,6 +70,7 @@ def _job(argv, stops, startup) -> int:
     from fedmpi.comm import Comm, omp_threads
     from fedmpi.config import build_config
     from fedmpi.data import Federation
+    from fedmpi.fedavg import read_home_shards
     from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
     from fedmpi.system import check_inputs
 
@@ -92,6 +93,13 @@ def _job(argv, stops, startup) -> int:
         if cfg.eval_clients:
             fed.require_client_tests()
         check_inputs(cfg, fed.num_clients)
+        if comm.num_workers > fed.num_clients:
+            raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
+                              f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
+        shards = None
+        if comm.is_worker:  # before torch: a damaged shard is one line within a second
+            startup.begin("reading the shards")
+            shards = read_home_shards(fed, comm.worker_index, comm.num_workers)
         if comm.is_server:
             startup.folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
     except BaseException as e:  # agreed on below (SystemExit and KeyboardInterrupt too): no rank waits for it
@@ -101,7 +109,7 @@ def _job(argv, stops, startup) -> int:
         try:
             startup.begin("importing torch")
             from fedmpi.job import prepare, train
-            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin)
+            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin, shards)
         except BaseException as e:
             error = e
         status = startup.agree(error)

@@ -20,7 +20,10 @@ from fedmpi.errors import FedMPIError
 if TYPE_CHECKING:
     import torch
 
+    from fedmpi.data import Federation
+
 SAMPLING, CLIENT, EVALUATION = 0, 1, 3  # 2: DP's noise (fedmpi.algorithms.privacy)
+EVAL_CHUNK = 500  # test examples per evaluation batch (fedmpi.engine); workers get whole chunks
 
 
 def plan_round(seed: int, round_: int, num_clients: int, clients_per_round: int) -> np.ndarray:
@@ -42,6 +45,16 @@ def home_worker(client: int, num_workers: int, num_clients: int) -> int:
     """The worker that hosts client k: floor(k·W / K), so that a worker's clients are neighbours,
     stored in the same files (a worker of an indexed federation then reads few of them)."""
     return client * num_workers // num_clients
+
+
+def read_home_shards(fed: Federation, worker_index: int, num_workers: int) -> tuple[dict, tuple]:
+    """A worker's home clients {k: (x, y)} and its slice of the test set (whole EVAL_CHUNKs), as numpy
+    arrays read (and checked against the manifest) now, before torch is imported: a damaged shard is one
+    line within a second. An indexed federation's clients are read when first sampled instead, a file at
+    a time, so that start-up does not grow with K (fed.load_client caches the files)."""
+    clients = {} if fed.indexed else {k: fed.load_client(k) for k in range(fed.num_clients)
+                                      if home_worker(k, num_workers, fed.num_clients) == worker_index}
+    return clients, fed.load_test(worker_index, num_workers, EVAL_CHUNK)
 
 
 def assign_to_workers(sampled: np.ndarray, sizes: np.ndarray, num_workers: int, num_clients: int) -> np.ndarray:

@@ -71,14 +71,12 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
 
 
 def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool,
-            begin: Callable[[str], None]) -> Setup:
+            begin: Callable[[str], None], shards: tuple[dict, tuple] | None) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem.
 
     `folder` is the run folder rank 0 claimed (None on other ranks); `begin` names each stage
-    (startup.Startup.begin), for the line that ends a set-up that hangs."""
-    if comm.num_workers > fed.num_clients:
-        raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
-                          f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
+    (startup.Startup.begin), for the line that ends a set-up that hangs; `shards`: a worker's, from
+    fedavg.read_home_shards (None on rank 0)."""
     run_dir = Path(cfg.out)
     checkpoint, history, client_history = None, [], []
     if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
@@ -102,9 +100,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     schedule = AsyncSchedule(cfg, system, fed.num_clients) if cfg.execution == "async" else None
     worker = None
     if comm.is_worker:
-        begin("loading the shards")
-        shards = load_shards(fed, comm.worker_index, comm.num_workers, device)
-        worker = Worker(cfg, fed, flat, shards, comm.worker_index, comm.num_workers, algorithm)
+        worker = Worker(cfg, fed, flat, load_shards(shards, device), comm.worker_index, comm.num_workers, algorithm)
     return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history, system,
                  schedule)
 

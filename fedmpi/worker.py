@@ -23,7 +23,7 @@ import torch
 from fedmpi.algorithms.base import Algorithm, ClientUpdate
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
-from fedmpi.engine import EVAL_CHUNK, Engine, FlatModel
+from fedmpi.engine import Engine, FlatModel
 from fedmpi.engine.inputs import inputs_for
 from fedmpi.errors import FedMPIError
 from fedmpi.fedavg import RoundSums, assign_to_workers, client_generator, home_worker, plan_evaluation
@@ -39,13 +39,10 @@ def on_device(arrays, device):
     return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
-def load_shards(fed: Federation, worker_index: int, num_workers: int, device: torch.device):
-    """This worker's home clients {k: (x, y)} on the device, read (and checked) now, and its slice of
-    the test set. An indexed federation's clients are read when first sampled instead, a file at a
-    time, so that start-up does not grow with K (fed.load_client caches the files)."""
-    clients = {} if fed.indexed else {k: on_device(fed.load_client(k), device) for k in range(fed.num_clients)
-                                      if home_worker(k, num_workers, fed.num_clients) == worker_index}
-    return clients, on_device(fed.load_test(worker_index, num_workers, EVAL_CHUNK), device)
+def load_shards(shards: tuple[dict, tuple], device: torch.device):
+    """fedavg.read_home_shards's arrays, on the device."""
+    clients, test = shards
+    return {k: on_device(arrays, device) for k, arrays in clients.items()}, on_device(test, device)
 
 
 class Worker:

@@ -39,9 +39,9 @@ from fedmpi.engine.loss import correct, count, token_cross_entropy
 from fedmpi.engine.mlp import FusedMLPStep, is_mlp
 from fedmpi.engine.stacked import GraphedTraining, VmapStep
 from fedmpi.errors import FedMPIError
+from fedmpi.fedavg import EVAL_CHUNK
 
 DEFAULT_STACK = {"cpu": 16, "cuda": 128}
-EVAL_CHUNK = 500  # test examples per evaluation batch; workers get whole chunks
 
 
 class Rule(NamedTuple):
