@@ -72,7 +72,7 @@ def _job(argv, stops, startup) -> int:
     from fedmpi.data import Federation
     from fedmpi.fedavg import read_home_shards
     from fedmpi.runfolder import NEW, OVERWRITE, RESUME, RunFolder
-    from fedmpi.system import check_inputs
+    from fedmpi.system import read_inputs
 
     comm = startup.comm = Comm()
     startup.begin("reading the config and the federation")
@@ -92,7 +92,7 @@ def _job(argv, stops, startup) -> int:
         fed = Federation(cfg.data)
         if cfg.eval_clients:
             fed.require_client_tests()
-        check_inputs(cfg, fed.num_clients)
+        system_inputs = read_inputs(cfg, fed.num_clients)
         if comm.num_workers > fed.num_clients:
             raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                               f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
@@ -109,7 +109,7 @@ def _job(argv, stops, startup) -> int:
         try:
             startup.begin("importing torch")
             from fedmpi.job import prepare, train
-            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin, shards)
+            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin, shards, system_inputs)
         except BaseException as e:
             error = e
         status = startup.agree(error)

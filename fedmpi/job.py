@@ -33,7 +33,7 @@ from fedmpi.runfolder import MARKER, RunFolder, announce
 from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.schedule import AsyncSchedule, VersionStore
-from fedmpi.system import SystemModel
+from fedmpi.system import Inputs, SystemModel
 from fedmpi.worker import Worker, load_shards
 
 TARGET_REACHED = -1  # broadcast command: the last evaluated weights reached cfg.target_accuracy
@@ -71,12 +71,12 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
 
 
 def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool,
-            begin: Callable[[str], None], shards: tuple[dict, tuple] | None) -> Setup:
+            begin: Callable[[str], None], shards: tuple[dict, tuple] | None, system_inputs: Inputs) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem.
 
     `folder` is the run folder rank 0 claimed (None on other ranks); `begin` names each stage
     (startup.Startup.begin), for the line that ends a set-up that hangs; `shards`: a worker's, from
-    fedavg.read_home_shards (None on rank 0)."""
+    fedavg.read_home_shards (None on rank 0); `system_inputs`: system.read_inputs's (both read before torch)."""
     run_dir = Path(cfg.out)
     checkpoint, history, client_history = None, [], []
     if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
@@ -96,7 +96,8 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
         check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
     algorithm = algorithms.build(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim,
                                  flat.num_params, flat.logical_order().numpy(), comm.is_server)
-    system = SystemModel(cfg, fed.sizes, flat.dim * flat.weights.element_size(), algorithm.partial_work)
+    system = SystemModel(cfg, fed.sizes, flat.dim * flat.weights.element_size(), algorithm.partial_work,
+                         system_inputs)
     schedule = AsyncSchedule(cfg, system, fed.num_clients) if cfg.execution == "async" else None
     worker = None
     if comm.is_worker:

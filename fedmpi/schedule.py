@@ -60,7 +60,7 @@ class AsyncSchedule:
     """The buffers of the run's server updates, generated as far as asked (`plan`)."""
 
     def __init__(self, cfg, system: SystemModel, num_clients: int):
-        """`cfg.concurrency` <= `num_clients` (system.check_inputs)."""
+        """`cfg.concurrency` <= `num_clients` (system.read_inputs)."""
         self.cfg, self.system, self.num_clients = cfg, system, num_clients
         self.rng = np.random.default_rng(np.random.SeedSequence([ASYNC_SAMPLING, cfg.seed]))
         self.training: list[tuple[float, int, int, int]] = []  # a heap of (finish, start number, client, version)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -68,15 +69,16 @@ class RoundPlan:
 class SystemModel:
     """Every client's speed, bandwidth and latency, and each round's plan (`plan`)."""
 
-    def __init__(self, cfg, sizes: np.ndarray, model_bytes: int, partial_work: bool):
+    def __init__(self, cfg, sizes: np.ndarray, model_bytes: int, partial_work: bool, inputs: Inputs):
         """`sizes`: the clients' numbers of examples; `model_bytes`: one upload of the model's values;
-        `partial_work`: whether the algorithm uses a client's partial work (else drops such clients)."""
+        `partial_work`: whether the algorithm uses a client's partial work (else drops such clients);
+        `inputs`: read_inputs's."""
         self.cfg, self.sizes, self.partial_work = cfg, sizes, partial_work
         k = len(sizes)
         # per client, (K,) each: a number for all is a read-only view of it (no K-sized copy)
-        self.speed, bandwidth, latency = (np.broadcast_to(np.asarray(v, dtype=float), (k,)) for v in speeds(cfg, k))
+        self.speed, bandwidth, latency = (np.broadcast_to(np.asarray(v, dtype=float), (k,)) for v in inputs.speeds)
         self.upload = model_bytes / (bandwidth * MB) + latency  # seconds
-        self.trace = read_trace(cfg.availability_trace, k) if cfg.availability_trace else None
+        self.trace = inputs.trace
         self.clock = 0.0  # virtual seconds at the end of the last planned round
         batch = cfg.batch_size
         self.per_epoch = np.where((batch == 0) | (sizes <= batch), 1, -(-sizes // max(batch, 1)))
@@ -205,15 +207,21 @@ def read_trace(path: str, num_clients: int) -> Trace:
     return Trace(clients, times[:, 0], times[:, 1], num_clients)
 
 
-def check_inputs(cfg, num_clients: int) -> None:
-    """Read the speeds CSV and the availability trace before torch is imported, so that a mistake in either
-    is one line within a second; SystemModel reads them again in set-up."""
-    speeds(cfg, num_clients)
-    if cfg.availability_trace:
-        read_trace(cfg.availability_trace, num_clients)
+class Inputs(NamedTuple):
+    """What the system model reads from the config's files (read_inputs)."""
+
+    speeds: tuple   # speeds(): (speed, bandwidth, latency), each (K,) or one number for all
+    trace: Trace | None
+
+
+def read_inputs(cfg, num_clients: int) -> Inputs:
+    """The speeds CSV and the availability trace, read and checked before torch is imported, so that a
+    mistake in either is one line within a second (and async's concurrency against K)."""
     if cfg.execution == "async" and cfg.concurrency > num_clients:
         raise FedMPIError(f"config field 'concurrency': {cfg.concurrency} clients training at once, but the "
                           f"federation has only {num_clients}")
+    return Inputs(speeds(cfg, num_clients),
+                  read_trace(cfg.availability_trace, num_clients) if cfg.availability_trace else None)
 
 
 def speeds(cfg, num_clients: int):
