@@ -25,7 +25,9 @@ import numpy as np
 
 from fedmpi.config import FIELD_NAMES, NON_SEMANTIC, RunConfig
 from fedmpi.errors import FedMPIError
+from fedmpi.evaluation import read_client_accuracy
 from fedmpi.files import write_atomically
+from fedmpi.metrics import read_metrics
 
 # The weights are stored in the flat buffer's memory order (engine.FlatModel), so a change of
 # models.build_model's memory layouts is a new format. 2: Linear weights input-major in every model.
@@ -97,6 +99,28 @@ def load_checkpoint(run_dir: Path, with_weights: bool) -> Checkpoint:
                               best_round=int(attrs["best_round"]) if "best_round" in attrs else None)
     except (OSError, KeyError, ValueError) as e:
         raise FedMPIError(f"{path}: unreadable checkpoint ({e}); remove it to start over") from None
+
+
+@dataclass
+class Resumption:
+    """What a resumed run continues from (rank 0's): its checkpoint and the records it keeps."""
+    checkpoint: Checkpoint
+    history: list[dict]         # the records of metrics.jsonl
+    client_history: list[dict]  # the lines of client_accuracy.jsonl
+
+
+def read_resumption(run_dir: Path, cfg: RunConfig, fingerprint: str) -> Resumption | None:
+    """The checkpoint and records of the run in `run_dir`, checked against this job's config and
+    federation (check_compatible); None if it has no checkpoint (the run starts afresh). Needs no torch:
+    cli reads it before torch is imported, so a refused --resume is one line within a second."""
+    path = run_dir / NAME
+    if not path.exists():
+        return None
+    checkpoint = load_checkpoint(run_dir, with_weights=True)
+    notice = lambda why: print(f"fedmpi: note: {why}", flush=True)  # noqa: E731
+    history, client_history = read_metrics(run_dir, notice), read_client_accuracy(run_dir, notice)
+    check_compatible(checkpoint, cfg, fingerprint, path, history)
+    return Resumption(checkpoint, history, client_history)
 
 
 def check_model(ckpt: Checkpoint, signature: list, path: Path) -> None:

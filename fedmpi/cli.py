@@ -67,6 +67,10 @@ def main(argv=None, *, exiting: bool = False) -> int:
 
 
 def _job(argv, stops, startup) -> int:
+    from pathlib import Path
+
+    from fedmpi import models, sinks
+    from fedmpi.checkpoint import read_resumption
     from fedmpi.comm import Comm, omp_threads
     from fedmpi.config import build_config
     from fedmpi.data import Federation
@@ -90,18 +94,24 @@ def _job(argv, stops, startup) -> int:
         omp_threads()
         comm.set_workers(cfg.workers_per_node)
         fed = Federation(cfg.data)
+        if why := models.check_fits(cfg.model, fed.kind):
+            raise FedMPIError(f"config field 'model': {why}")
         if cfg.eval_clients:
             fed.require_client_tests()
         system_inputs = read_inputs(cfg, fed.num_clients)
         if comm.num_workers > fed.num_clients:
             raise FedMPIError(f"{comm.size} ranks give {comm.num_workers} workers but the federation {fed.folder} "
                               f"has only {fed.num_clients} clients; use at most {fed.num_clients + 1} ranks")
-        shards = None
+        shards, resumption = None, None
         if comm.is_worker:  # before torch: a damaged shard is one line within a second
             startup.begin("reading the shards")
             shards = read_home_shards(fed, comm.worker_index, comm.num_workers)
         if comm.is_server:
             startup.folder = RunFolder.claim(cfg.out, RESUME if args.resume else OVERWRITE if args.overwrite else NEW)
+            if args.resume:
+                startup.begin("reading the checkpoint")
+                resumption = read_resumption(Path(cfg.out), cfg, fed.fingerprint)
+            sinks.check(cfg)
     except BaseException as e:  # agreed on below (SystemExit and KeyboardInterrupt too): no rank waits for it
         error = e
     status = startup.agree(error)
@@ -109,7 +119,7 @@ def _job(argv, stops, startup) -> int:
         try:
             startup.begin("importing torch")
             from fedmpi.job import prepare, train
-            setup = prepare(cfg, fed, comm, startup.folder, args.resume, startup.begin, shards, system_inputs)
+            setup = prepare(cfg, fed, comm, startup.folder, resumption, startup.begin, shards, system_inputs)
         except BaseException as e:
             error = e
         status = startup.agree(error)

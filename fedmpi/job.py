@@ -18,19 +18,16 @@ import torch
 
 from fedmpi import algorithms
 from fedmpi.algorithms.base import Algorithm
-from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, check_compatible, check_model, load_checkpoint
+from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, Resumption, check_model
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
 from fedmpi.errors import DIVERGED, FedMPIError
 from fedmpi.engine import FlatModel
-from fedmpi.evaluation import read_client_accuracy
 from fedmpi.fedavg import RoundSums, plan_evaluation
 from fedmpi.files import remove_leftovers, write_atomically
-from fedmpi.metrics import read_metrics
 from fedmpi.models import PAPER_PARAMETERS, build_model, count_parameters
 from fedmpi.runfolder import MARKER, RunFolder, announce
-from fedmpi import sinks
 from fedmpi.signals import INTERRUPTED, REQUEUE, StopRequests
 from fedmpi.schedule import AsyncSchedule, VersionStore
 from fedmpi.system import Inputs, SystemModel
@@ -70,23 +67,16 @@ def choose_device(requested: str, comm: Comm) -> torch.device:
     return torch.device("cuda", comm.local_rank % torch.cuda.device_count())
 
 
-def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resume: bool,
+def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | None, resumption: Resumption | None,
             begin: Callable[[str], None], shards: tuple[dict, tuple] | None, system_inputs: Inputs) -> Setup:
     """Every check and read that needs no collective; raises FedMPIError where a rank finds a problem.
 
     `folder` is the run folder rank 0 claimed (None on other ranks); `begin` names each stage
     (startup.Startup.begin), for the line that ends a set-up that hangs; `shards`: a worker's, from
-    fedavg.read_home_shards (None on rank 0); `system_inputs`: system.read_inputs's (both read before torch)."""
+    fedavg.read_home_shards (None on rank 0); `system_inputs`: system.read_inputs's; `resumption`: rank 0's
+    checkpoint.read_resumption, None to start afresh (all three read before torch)."""
     run_dir = Path(cfg.out)
-    checkpoint, history, client_history = None, [], []
-    if comm.is_server and resume and (run_dir / CHECKPOINT).exists():
-        begin("reading the checkpoint")
-        checkpoint = load_checkpoint(run_dir, with_weights=True)
-        history = read_metrics(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
-        client_history = read_client_accuracy(run_dir, notice=lambda why: print(f"fedmpi: note: {why}", flush=True))
-        check_compatible(checkpoint, cfg, fed.fingerprint, run_dir / CHECKPOINT, history)
-    if comm.is_server:
-        sinks.check(cfg)
+    checkpoint = resumption.checkpoint if resumption else None
     begin("building the model")
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
@@ -102,7 +92,8 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     worker = None
     if comm.is_worker:
         worker = Worker(cfg, fed, flat, load_shards(shards, device), comm.worker_index, comm.num_workers, algorithm)
-    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint, history, client_history, system,
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint,
+                 resumption.history if resumption else [], resumption.client_history if resumption else [], system,
                  schedule)
 
 

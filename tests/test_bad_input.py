@@ -558,7 +558,10 @@ for _name, _model, _expect in [
     ("model name neither built-in nor module:function", "my model", ["'model'", "unknown model 'my model'",
                                                                      "package.module:function"]),
 ]:
-    case(_name)(lambda c, m=_model, e=_expect: Case(["--data", str(c.fed), "--model", m], e, env=USER_CODE))
+    # a mistake that every rank meets alike needs one process; one that a single rank meets needs three
+    ranks = 3 if "rank 2" in _name or "every rank" in _name else CONFIG_RANKS
+    case(_name)(lambda c, m=_model, e=_expect, r=ranks: Case(["--data", str(c.fed), "--model", m], e, ranks=r,
+                                                            env=USER_CODE))
 
 
 @case("SCAFFOLD's control variates beyond the node's memory (they were allocated on every rank)")

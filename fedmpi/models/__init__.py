@@ -22,6 +22,9 @@ BUILTIN = {
     "lstm": ("fedmpi.models.shakespeare:lstm", "the paper's character LSTM, 2 layers of 256 (Shakespeare)"),
     "cifar_cnn": ("fedmpi.models.cifar:cnn", "the paper's CIFAR-10 CNN (1,068,298 params on 24x24 crops)"),
 }
+# the federation kinds (data.Federation.kind) each built-in reads, checked before torch is imported
+READS = {"2nn": ("image", "features"), "cnn": ("image",), "mlp": ("image", "features"), "lstm": ("sequence",),
+         "cifar_cnn": ("image",)}
 # the paper's parameter counts, printed beside a run's (for the lstm with the paper's vocabulary)
 PAPER_PARAMETERS = {"2nn": "199,210", "cnn": "1,663,370", "lstm": "866,578", "cifar_cnn": "about 10^6"}
 
@@ -36,6 +39,15 @@ def check_name(name: str) -> str | None:
         return None
     return (f"unknown model '{name}'; choose one of {', '.join(BUILTIN)}, "
             'or name your own as "package.module:function"')
+
+
+def check_fits(name: str, kind: str) -> str | None:
+    """Why the built-in model `name` cannot read a federation of `kind` (None if it can, or is a user's)."""
+    if name not in READS or kind in READS[name]:
+        return None
+    fitting = [m for m, kinds in READS.items() if kind in kinds]
+    return (f"{name} reads {' or '.join(READS[name])} examples, not this federation's {kind} examples; "
+            f"use {' or '.join(fitting) or 'a model of your own'}")
 
 
 def resolve(name: str):
