@@ -22,7 +22,7 @@ STOP_REQUEST_IN_ROUND_2 = client_hook("rank == 1 and round_ == 2", "signal.raise
 @pytest.fixture(scope="module")
 def uninterrupted(federation, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    train(3, federation(), out, *FLAGS)
+    train(0, federation(), out, *FLAGS)  # one process: any rank count gives these weights
     return out
 
 
