@@ -47,6 +47,29 @@ def check_one_world(comm, stops) -> bool:
     return True
 
 
+def import_job(own_process: bool):
+    """fedmpi.job's prepare and train (torch is imported with them).
+
+    In a process of its own (`python -m fedmpi`) the import runs with the cyclic garbage collector off, and
+    what it made is then moved to the collector's permanent generation (gc.freeze): torch's import makes
+    objects by the hundred thousand, which the collections during the import, and every full collection
+    after it, walked again and again for nothing (a 3-rank job that stops after set-up: 5.5-5.8 -> 3.7-3.8 s
+    of user CPU time; disabling the collector without freezing gained nothing). Not in a caller's process
+    (fedmpi.run): its own objects stay collectable."""
+    if not own_process:
+        from fedmpi.job import prepare, train
+        return prepare, train
+    import gc
+
+    gc.disable()
+    try:
+        from fedmpi.job import prepare, train
+    finally:
+        gc.freeze()
+        gc.enable()
+    return prepare, train
+
+
 def main(argv=None, *, exiting: bool = False) -> int:
     """One job, on every rank; returns its exit status. Called again in the same process (fedmpi.run),
     it starts a new job: the run folder's lock, the signal handlers and the set-up watchdog end with it.
@@ -58,7 +81,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
     stops = StopRequests()  # first: a SLURM signal during the imports must not kill the job
     startup = Startup(stops, DEFAULT_SETUP_TIMEOUT_S)  # every rank agrees on set-up, which never hangs
     try:
-        return _job(argv, stops, startup)
+        return _job(argv, stops, startup, exiting)
     finally:
         startup.finish()
         if startup.folder:
@@ -66,7 +89,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
         stops.ignore() if exiting else stops.restore()
 
 
-def _job(argv, stops, startup) -> int:
+def _job(argv, stops, startup, exiting: bool) -> int:
     from pathlib import Path
 
     from fedmpi import models, sinks
@@ -118,7 +141,7 @@ def _job(argv, stops, startup) -> int:
     if status is None:
         try:
             startup.begin("importing torch")
-            from fedmpi.job import prepare, train
+            prepare, train = import_job(own_process=exiting)
             setup = prepare(cfg, fed, comm, startup.folder, resumption, startup.begin, shards, system_inputs)
         except BaseException as e:
             error = e

@@ -33,9 +33,9 @@ def flat_parameters(model):
     return np.concatenate([p.detach().double().numpy().ravel() for p in model.parameters()])
 
 
-def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, weighted=True, exclude=()):
-    """Sequential FedAvg; weighted=False averages client models with equal weights instead of n_k;
-    clients in `exclude` are sampled but left out of the average."""
+def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, exclude=(), updates=None):
+    """Sequential FedAvg; clients in `exclude` are sampled but left out of the average. `updates`, a list,
+    receives each averaged client's (n_k, w_k − w) of every round."""
     fed = Federation(fed_dir)
     model = build_model(model_name, fed.input_shape, fed.num_classes, seed).double()
     w = flat_parameters(model)
@@ -65,9 +65,10 @@ def seq_fedavg(fed_dir, model_name, fraction, epochs, batch, lr, rounds, seed, w
                     F.cross_entropy(model(x[idx]), y[idx]).backward()
                     opt.step()
             wk = flat_parameters(model)
-            weight = n if weighted else 1
-            total += weight * (wk - w)
-            n_total += weight
+            total += n * (wk - w)
+            n_total += n
+            if updates is not None:
+                updates.append((n, wk - w))
         w = w + total / n_total
     return w
 
@@ -119,10 +120,12 @@ def test_unbalanced_clients_are_weighted_by_their_sizes(federation, tmp_path):
     assert sizes.max() > 2 * sizes.min()
     train(3, fed, tmp_path / "run", "--fraction", "1.0", "--epochs", "1", "--batch-size", "50",
           "--lr", "0.05", "--rounds", "1", "--seed", "3", *FLOAT64)
-    weighted = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=3)
+    updates = []
+    weighted = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=3, updates=updates)
     assert np.abs(final_weights(tmp_path / "run") - weighted).max() < TOL
     # The plain mean of the same client models is far outside that tolerance, so the check can fail.
-    plain = seq_fedavg(fed, "2nn", 1.0, 1, 50, 0.05, rounds=1, seed=3, weighted=False)
+    start = weighted - sum(n * delta for n, delta in updates) / sum(n for n, _ in updates)
+    plain = start + np.mean([delta for _, delta in updates], axis=0)
     assert np.abs(plain - weighted).max() > 1e-3
 
 

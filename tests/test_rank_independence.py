@@ -3,7 +3,7 @@
 With the same threads per rank, the final weights are bitwise equal for
 P = 1 (no launcher), 2, 3, 4, with ranks beyond the cores idle (the default)
 or all of them hosting clients (--workers-per-node), and for one client per
-worker (K = 5, P = 6).
+worker and round (m = 5, P = 6).
 """
 import math
 import os
@@ -34,10 +34,12 @@ def test_final_weights_do_not_depend_on_rank_count(ranks, per_node, single_rank_
 
 
 def test_one_client_per_worker_matches_single_rank(federation, tmp_path):
-    """The paper's picture, `mpirun -n K+1`: each of the 5 workers hosts exactly one client, all train."""
-    fed = federation(clients=5)
+    """The paper's picture, `mpirun -n m+1`: 5 workers, each training one of the round's 5 clients (K = 10,
+    C = 0.5; the clients of a round are dealt evenly over the workers). B = 50: the layout is what counts."""
+    fed = federation(clients=10)
     flags = [*FLAGS]
-    flags[flags.index("--fraction") + 1] = "1.0"
+    flags[flags.index("--fraction") + 1] = "0.5"
+    flags[flags.index("--batch-size") + 1] = "50"
     single = train(0, fed, tmp_path / "p1", *flags)
     many = train(6, fed, tmp_path / "p6", *flags, "--workers-per-node", "5")
     assert "6 rank(s), 5 worker(s)" in many.stdout

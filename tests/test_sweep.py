@@ -183,7 +183,7 @@ def sweep_in_training(federation, tmp_path):
     """A 2-run sweep of 40 rounds each (long enough to be interrupted) started as a process, once its
     first job has written rounds 0..2: (sweep file, out folder, the runs' fields, the process)."""
     out = tmp_path / "out"
-    slow = {**BASE, "rounds": 40}
+    slow = {**BASE, "rounds": 40, "eval_every": 20}  # evaluation (of 10,000 images) is most of such a round
     sweep_file = write_sweep(tmp_path / "s.toml", out, {**slow, "data": str(federation())}, grid={"lr": LRS},
                              ranks=2)
     proc = subprocess.Popen([PYTHON, "-m", "fedmpi.sweep", str(sweep_file)], stdout=subprocess.PIPE,
