@@ -542,26 +542,30 @@ def _(c):
 
 USER_CODE = {"PYTHONPATH": str(Path(__file__).parent)}
 
-for _name, _model, _expect in [
+# ranks: a mistake that every rank meets alike needs one process; one that a single rank meets, or whose
+# single line must come from all of them agreeing, needs three
+for _name, _model, _expect, _ranks in [
     ("user model module not importable", "no_such_module:net", ["'model'", "cannot import no_such_module",
-                                                                  "PYTHONPATH"]),
-    ("user model function missing", "user_models:nope", ["'model'", "user_models has no function nope"]),
-    ("user model builder raises", "user_models:broken_net", ["'model'", "broken_net", "needs 3 channels"]),
-    ("user model is no function", "user_models:not_a_model", ["'model'", "no function not_a_model"]),
-    ("user model returns no nn.Module", "user_models:layer_list", ["'model'", "returned a list", "nn.Module"]),
+                                                                  "PYTHONPATH"], CONFIG_RANKS),
+    ("user model function missing", "user_models:nope", ["'model'", "user_models has no function nope"],
+     CONFIG_RANKS),
+    ("user model builder raises", "user_models:broken_net", ["'model'", "broken_net", "needs 3 channels"],
+     CONFIG_RANKS),
+    ("user model is no function", "user_models:not_a_model", ["'model'", "no function not_a_model"], CONFIG_RANKS),
+    ("user model returns no nn.Module", "user_models:layer_list", ["'model'", "returned a list", "nn.Module"],
+     CONFIG_RANKS),
     ("user model calls sys.exit on rank 2 only", "user_models:exits_on_rank_2", ["'model'", "exits_on_rank_2",
-                                                                                "SystemExit: missing dep"]),
-    ("user model gives 5 logits on 10 classes", "user_models:five_logits", ["'model'", "5 logits", "10 classes"]),
-    ("user model calls sys.exit on every rank", "user_models:exits", ["'model'", "SystemExit: missing dep"]),
+                                                                                "SystemExit: missing dep"], 3),
+    ("user model gives 5 logits on 10 classes", "user_models:five_logits", ["'model'", "5 logits", "10 classes"],
+     CONFIG_RANKS),
+    ("user model calls sys.exit on every rank", "user_models:exits", ["'model'", "SystemExit: missing dep"], 3),
     ("user model raises KeyboardInterrupt on rank 2 only", "user_models:interrupted_on_rank_2",
-     ["rank 2 stopped while building the model", "KeyboardInterrupt"]),
+     ["rank 2 stopped while building the model", "KeyboardInterrupt"], 3),
     ("model name neither built-in nor module:function", "my model", ["'model'", "unknown model 'my model'",
-                                                                     "package.module:function"]),
+                                                                     "package.module:function"], CONFIG_RANKS),
 ]:
-    # a mistake that every rank meets alike needs one process; one that a single rank meets needs three
-    ranks = 3 if "rank 2" in _name or "every rank" in _name else CONFIG_RANKS
-    case(_name)(lambda c, m=_model, e=_expect, r=ranks: Case(["--data", str(c.fed), "--model", m], e, ranks=r,
-                                                            env=USER_CODE))
+    case(_name)(lambda c, m=_model, e=_expect, r=_ranks: Case(["--data", str(c.fed), "--model", m], e, ranks=r,
+                                                             env=USER_CODE))
 
 
 @case("SCAFFOLD's control variates beyond the node's memory (they were allocated on every rank)")

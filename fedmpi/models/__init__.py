@@ -14,17 +14,20 @@ from __future__ import annotations
 from fedmpi import usercode
 from fedmpi.errors import FedMPIError
 
-# name -> (the builder as "module:function", what it is)
+# name -> (the builder as "module:function", what it is, the federation kinds it reads (data.Federation.kind),
+# checked before torch is imported)
 BUILTIN = {
-    "2nn": ("fedmpi.models.mnist:two_nn", "the paper's MLP, 2 hidden layers of 200 (199,210 params on MNIST)"),
-    "cnn": ("fedmpi.models.mnist:cnn", "the paper's CNN, 2 conv 5x5 + FC 512 (1,663,370 params on MNIST)"),
-    "mlp": ("fedmpi.models.mnist:mlp", "one hidden layer of 200 (e.g. for --dataset synthetic)"),
-    "lstm": ("fedmpi.models.shakespeare:lstm", "the paper's character LSTM, 2 layers of 256 (Shakespeare)"),
-    "cifar_cnn": ("fedmpi.models.cifar:cnn", "the paper's CIFAR-10 CNN (1,068,298 params on 24x24 crops)"),
+    "2nn": ("fedmpi.models.mnist:two_nn", "the paper's MLP, 2 hidden layers of 200 (199,210 params on MNIST)",
+            ("image", "features")),
+    "cnn": ("fedmpi.models.mnist:cnn", "the paper's CNN, 2 conv 5x5 + FC 512 (1,663,370 params on MNIST)",
+            ("image",)),
+    "mlp": ("fedmpi.models.mnist:mlp", "one hidden layer of 200 (e.g. for --dataset synthetic)",
+            ("image", "features")),
+    "lstm": ("fedmpi.models.shakespeare:lstm", "the paper's character LSTM, 2 layers of 256 (Shakespeare)",
+             ("sequence",)),
+    "cifar_cnn": ("fedmpi.models.cifar:cnn", "the paper's CIFAR-10 CNN (1,068,298 params on 24x24 crops)",
+                  ("image",)),
 }
-# the federation kinds (data.Federation.kind) each built-in reads, checked before torch is imported
-READS = {"2nn": ("image", "features"), "cnn": ("image",), "mlp": ("image", "features"), "lstm": ("sequence",),
-         "cifar_cnn": ("image",)}
 # the paper's parameter counts, printed beside a run's (for the lstm with the paper's vocabulary)
 PAPER_PARAMETERS = {"2nn": "199,210", "cnn": "1,663,370", "lstm": "866,578", "cifar_cnn": "about 10^6"}
 
@@ -43,10 +46,10 @@ def check_name(name: str) -> str | None:
 
 def check_fits(name: str, kind: str) -> str | None:
     """Why the built-in model `name` cannot read a federation of `kind` (None if it can, or is a user's)."""
-    if name not in READS or kind in READS[name]:
+    if name not in BUILTIN or kind in BUILTIN[name][2]:
         return None
-    fitting = [m for m, kinds in READS.items() if kind in kinds]
-    return (f"{name} reads {' or '.join(READS[name])} examples, not this federation's {kind} examples; "
+    fitting = [m for m, (_, _, kinds) in BUILTIN.items() if kind in kinds]
+    return (f"{name} reads {' or '.join(BUILTIN[name][2])} examples, not this federation's {kind} examples; "
             f"use {' or '.join(fitting) or 'a model of your own'}")
 
 
