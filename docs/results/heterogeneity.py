@@ -1,12 +1,13 @@
 """Plots and tables of docs/results.md "Heterogeneous and asynchronous clients" (#29 item 5).
 
-    python docs/results/heterogeneity.py RUNS [--out docs/results] [--target 0.95]
+    python docs/results/heterogeneity.py RUNS [--out docs/results]
 
 RUNS is the folder docs/results/heterogeneity_runs.sh wrote: synth_s{F}_{alg}/, mnist_s{F}_{alg}/ (the
-FedProx paper's Figure 1) and time_*/ (virtual time to the target). Reads each run's metrics.jsonl only;
-draws heterogeneity_synthetic.png, heterogeneity_mnist.png and async_time.png (async_time_seed1.png from
-time_*_seed1/), and prints the tables (the "final" columns: the last round each run has, up to the rounds
-every complete run of its figure has).
+FedProx paper's Figure 1), time_*/ (virtual time to 95 % on MNIST) and shake_*/ (to 40 % on Shakespeare).
+Reads each run's metrics.jsonl only; draws heterogeneity_synthetic.png, heterogeneity_mnist.png,
+async_time.png (async_time_seed1.png from time_*_seed1/) and async_time_shakespeare.png, and prints the
+tables (the "final" columns: the last round each run has, up to the rounds every complete run of its
+figure has).
 """
 from __future__ import annotations
 
@@ -22,11 +23,17 @@ import numpy as np  # noqa: E402
 SHARES = ("0", "0.5", "0.9")
 ALGS = (("fedavg", "FedAvg (drops stragglers)", "C0"), ("fedprox0", "FedProx μ = 0", "C1"),
         ("fedprox1", "FedProx μ = 1", "C2"))
-TIME_RUNS = (("time_sync", "sync FedAvg (waits for all)"), ("time_deadline8", "sync FedAvg, deadline 8 s"),
-             ("time_fedbuff_c20_k10", "FedBuff, concurrency 20, buffer 10"),
-             ("time_fedbuff_c20_k5", "FedBuff, concurrency 20, buffer 5"),
-             ("time_fedbuff_c10_k5", "FedBuff, concurrency 10, buffer 5"),
-             ("time_fedasync_c10", "FedAsync (buffer 1), concurrency 10"))
+ASYNC_RUNS = (("fedbuff_c20_k10", "FedBuff, concurrency 20, buffer 10"),
+              ("fedbuff_c20_k5", "FedBuff, concurrency 20, buffer 5"),
+              ("fedbuff_c10_k5", "FedBuff, concurrency 10, buffer 5"),
+              ("fedasync_c10", "FedAsync (buffer 1), concurrency 10"))
+# virtual time to a target: run prefix -> (target, y range, plot title, the runs after the prefix and "_")
+TIME_TO_TARGET = {
+    "time": (0.95, (0.5, 1.0), "2NN, pathological non-IID MNIST, E = 1, B = 10, lognormal speeds σ = 1",
+             (("sync", "sync FedAvg (waits for all)"), ("deadline8", "sync FedAvg, deadline 8 s")) + ASYNC_RUNS),
+    "shake": (0.40, (0.1, 0.5), "LSTM, Shakespeare by role, E = 1, B = 10, lognormal speeds σ = 1, step 0.2 s",
+              (("sync", "sync FedAvg (waits for all)"), ("deadline10", "sync FedAvg, deadline 10 s")) + ASYNC_RUNS),
+}
 
 
 def records(run: Path) -> list[dict]:
@@ -88,13 +95,14 @@ def figure1(runs: Path, prefix: str, title: str, out: Path) -> list[str]:
     return table
 
 
-def time_to_target(runs: Path, target: float, out: Path, suffix: str = "") -> list[str]:
+def time_to_target(runs: Path, prefix: str, out: Path, suffix: str = "") -> list[str]:
+    target, ylim, title, names = TIME_TO_TARGET[prefix]
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.8))
     table = [f"| execution | virtual s to {target:.0%} | server updates (rounds) | client updates aggregated | "
              "clients started | final acc. (round) | sync ÷ this (virtual s) |", "|---|---|---|---|---|---|---|"]
     found = {}
-    for name, label in TIME_RUNS:
-        name += suffix
+    for name, label in names:
+        name = f"{prefix}_{name}{suffix}"
         recs = records(runs / name)
         if not recs:
             continue
@@ -119,20 +127,19 @@ def time_to_target(runs: Path, target: float, out: Path, suffix: str = "") -> li
                f"| {label} | not in {last['virtual_time']:.0f} | not in {last['round']} | > {aggregated} | "
                f"> {started} |")
         table.append(row + f" {last['test_accuracy']:.2%} ({last['round']}) | {{{name}}} |")
-    sync = found.get("time_sync" + suffix)
+    sync = found.get(f"{prefix}_sync{suffix}")
     table = [line.format(**{k: (f"{sync / v:.2f}×" if sync and v else "–") for k, v in found.items()})
              for line in table]
     for ax, xl in ((a1, "virtual seconds"), (a2, "client updates aggregated"), (a3, "server updates (rounds)")):
         ax.axhline(target, color="grey", ls="--", lw=0.8)
         ax.set_xlabel(xl)
-        ax.set_ylim(0.5, 1.0)
+        ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     a3.set_xscale("log")
     a1.set_ylabel("test accuracy")
     a1.legend(fontsize=7, loc="lower right")
     seed = suffix.replace("_seed", "") or "0"
-    fig.suptitle(f"2NN, pathological non-IID MNIST, E = 1, B = 10, lognormal speeds σ = 1, seed {seed} "
-                 f"(target {target:.0%})")
+    fig.suptitle(f"{title}, seed {seed} (target {target:.0%})")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -143,7 +150,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    ap.add_argument("--target", type=float, default=0.95)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     for prefix, title, name in (
@@ -152,10 +158,11 @@ def main() -> None:
              "mnist")):
         if any(a.runs.glob(f"{prefix}_s*")):
             print(f"#### {name}\n" + "\n".join(figure1(a.runs, prefix, title, a.out / f"heterogeneity_{name}.png")))
-    for suffix in ("", "_seed1"):  # seed 0; seed 1 (SEED=1 heterogeneity_runs.sh ... time)
-        if (a.runs / f"time_sync{suffix}" / "metrics.jsonl").exists():
-            print(f"#### time to target{suffix.replace('_', ', ')}\n" + "\n".join(
-                time_to_target(a.runs, a.target, a.out / f"async_time{suffix}.png", suffix)))
+    for prefix, suffix, png in (("time", "", "async_time"), ("time", "_seed1", "async_time_seed1"),  # SEED=1 ...
+                                ("shake", "", "async_time_shakespeare")):
+        if (a.runs / f"{prefix}_sync{suffix}" / "metrics.jsonl").exists():
+            print(f"#### {prefix} to target{suffix.replace('_', ', ')}\n" + "\n".join(
+                time_to_target(a.runs, prefix, a.out / f"{png}.png", suffix)))
 
 
 if __name__ == "__main__":
