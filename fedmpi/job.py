@@ -18,7 +18,7 @@ import torch
 
 from fedmpi import algorithms
 from fedmpi.algorithms.base import Algorithm
-from fedmpi.checkpoint import NAME as CHECKPOINT, Checkpoint, Resumption, check_model
+from fedmpi.checkpoint import NAME as CHECKPOINT, Resumption, check_model
 from fedmpi.comm import Comm, threads_per_rank
 from fedmpi.config import RunConfig
 from fedmpi.data import Federation
@@ -45,9 +45,7 @@ class Setup:
     flat: FlatModel               # the model, on this rank's device
     algorithm: Algorithm          # the federated optimizer (its server state lives on rank 0)
     worker: Worker | None         # this rank's clients and engine; None on a server-only rank
-    resume: Checkpoint | None     # rank 0's: None to start at round 0 in an emptied run folder
-    history: list[dict]           # rank 0's: the records of metrics.jsonl that a resumed run keeps
-    client_history: list[dict]    # rank 0's: the lines of client_accuracy.jsonl, when resuming
+    resumption: Resumption | None  # rank 0's: None to start at round 0 in an emptied run folder
     system: SystemModel           # the clients' simulated systems: each round's work and virtual time
     schedule: AsyncSchedule | None  # asynchronous execution's server updates; None: synchronous rounds
 
@@ -76,14 +74,13 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     fedavg.read_home_shards (None on rank 0); `system_inputs`: system.read_inputs's; `resumption`: rank 0's
     checkpoint.read_resumption, None to start afresh (all three read before torch)."""
     run_dir = Path(cfg.out)
-    checkpoint = resumption.checkpoint if resumption else None
     begin("building the model")
     device = choose_device(cfg.device, comm) if comm.is_worker else torch.device("cpu")
     torch.set_num_threads(threads_per_rank(comm, cfg.threads))
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
     flat = FlatModel(build_model(cfg.model, fed.input_shape, fed.num_classes, cfg.seed), device, dtype)
-    if checkpoint:
-        check_model(checkpoint, flat.signature(), run_dir / CHECKPOINT)
+    if resumption:
+        check_model(resumption.checkpoint, flat.signature(), run_dir / CHECKPOINT)
     algorithm = algorithms.build(cfg, fed.num_clients, cfg.clients_per_round(fed.num_clients), flat.dim,
                                  flat.num_params, flat.logical_order().numpy(), comm.is_server)
     system = SystemModel(cfg, fed.sizes, flat.dim * flat.weights.element_size(), algorithm.partial_work,
@@ -92,9 +89,7 @@ def prepare(cfg: RunConfig, fed: Federation, comm: Comm, folder: RunFolder | Non
     worker = None
     if comm.is_worker:
         worker = Worker(cfg, fed, flat, load_shards(shards, device), comm.worker_index, comm.num_workers, algorithm)
-    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, checkpoint,
-                 resumption.history if resumption else [], resumption.client_history if resumption else [], system,
-                 schedule)
+    return Setup(cfg, fed, run_dir, folder, flat, algorithm, worker, resumption, system, schedule)
 
 
 def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
@@ -115,26 +110,26 @@ def train(setup: Setup, comm: Comm, stops: StopRequests) -> int:
     m = cfg.clients_per_round(fed.num_clients)
     evaluated = plan_evaluation(cfg.seed, fed.num_clients, cfg.clients_to_evaluate(fed.num_clients))
     sums = RoundSums(flat.dim, algorithm.reduction_extra, m, algorithm.scalars, len(evaluated))
-    start = comm.world.bcast(setup.resume.round if setup.resume else 0, root=0)
+    resume = setup.resumption.checkpoint if setup.resumption else None
+    start = comm.world.bcast(resume.round if resume else 0, root=0)
     trainers = comm.world.gather(f"{flat.weights.device}: {worker.engine.describe()}" if worker else None, root=0)
     if setup.system.trace is not None:  # who is online depends on the clock: replay the rounds before `start`
         for round_ in range(1, start + 1):
             setup.system.plan(round_, setup.system.sample(round_, m))
     store = None  # asynchronous: the model versions that clients still train from, on every rank
     if setup.schedule:
-        store = comm.world.bcast(VersionStore.from_state(setup.resume.state if setup.resume else {})
+        store = comm.world.bcast(VersionStore.from_state(resume.state if resume else {})
                                  if comm.is_server else None, root=0)
     server = None
     if comm.is_server:
         announce(setup.folder.fd, setup.folder.path / MARKER)
-        if setup.resume is None:
+        if resume is None:
             setup.folder.reset()
         remove_leftovers(setup.run_dir)
         write_atomically(setup.run_dir / "config.toml", cfg.to_toml().encode())
         weights[:] = flat.weights.cpu().numpy()
         server = Server(cfg, setup.run_dir, weights, fed.fingerprint, comm.size, comm.num_workers,
-                        setup.resume, setup.history, algorithm, flat.signature(), evaluated, setup.client_history,
-                        store)
+                        setup.resumption, algorithm, flat.signature(), evaluated, store)
         idle = f" + {comm.idle_ranks} idle (more ranks than cores; see workers_per_node)" if comm.idle_ranks else ""
         paper = f"; the paper: {PAPER_PARAMETERS[cfg.model]}" if cfg.model in PAPER_PARAMETERS else ""
         print(f"fedmpi: {cfg.model} ({count_parameters(flat.model):,} parameters{paper}; {cfg.precision}) on "

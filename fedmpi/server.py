@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmpi.checkpoint import Checkpoint, save_checkpoint
+from fedmpi.checkpoint import Checkpoint, Resumption, save_checkpoint
 from fedmpi.config import RunConfig
 from fedmpi.evaluation import FILE as CLIENT_FILE, ClientEvaluation
 from fedmpi.algorithms.base import Algorithm
@@ -33,11 +33,10 @@ from fedmpi.system import RoundPlan
 
 class Server:
     def __init__(self, cfg: RunConfig, run_dir: Path, weights: np.ndarray, federation: str,
-                 num_ranks: int, num_workers: int, resume: Checkpoint | None, history: list[dict],
-                 algorithm: Algorithm, model_signature: list, evaluated: np.ndarray | None = None,
-                 client_history: list[dict] | None = None, versions: VersionStore | None = None):
-        """`evaluated`: the clients of federated evaluation (fedavg.plan_evaluation; empty or None: off);
-        `client_history`: the lines of client_accuracy.jsonl when resuming; `versions`: asynchronous
+                 num_ranks: int, num_workers: int, resumption: Resumption | None, algorithm: Algorithm,
+                 model_signature: list, evaluated: np.ndarray | None = None, versions: VersionStore | None = None):
+        """`resumption`: checkpoint.read_resumption's (None: start at round 0); `evaluated`: the clients of
+        federated evaluation (fedavg.plan_evaluation; empty or None: off); `versions`: asynchronous
         execution's model versions that clients still train from, which checkpoints keep."""
         self.versions = versions
         self.cfg = cfg
@@ -59,9 +58,10 @@ class Server:
         self.best_accuracy = -1.0
         self.best_weights: np.ndarray | None = None
         self.virtual_time = 0.0  # the simulated clock at the last round's end (fedmpi.system)
+        resume = resumption.checkpoint if resumption else None
         if resume:
             # Keep the records of the rounds before the checkpoint; later ones are redone.
-            self.history = [r for r in history if r["round"] < resume.round]
+            self.history = [r for r in resumption.history if r["round"] < resume.round]
             self.pending = resume.pending
             weights[:] = resume.weights
             self._load_state(resume.state)
@@ -70,7 +70,8 @@ class Server:
                                       if "virtual_time" in r), 0.0)
         sinks = open_sinks(run_dir, cfg, resume.round if resume else 0)
         self.log = MetricsLog(run_dir, cfg.rounds, self.history, sinks)
-        kept = [r for r in client_history or [] if r["round"] < resume.round] if resume else []
+        client_history = resumption.client_history if resumption else []
+        kept = [r for r in client_history if r["round"] < resume.round] if resume else []
         self.client_eval = None
         if evaluated is not None and len(evaluated):
             self.client_eval = ClientEvaluation(run_dir, evaluated, kept)
